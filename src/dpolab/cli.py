@@ -1,0 +1,51 @@
+"""The `dpolab` command line: one sub-command per module, each registering its own parser.
+
+A module that offers a command exposes `register(subparsers)`, which adds its parser and sets
+`func` to a callable taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dpolab import __version__
+from dpolab.errors import DpolabError
+
+# Modules with sub-commands, in the order `dpolab --help` lists them. Imported lazily so that
+# `dpolab --help` does not pay for importing torch.
+COMMAND_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpolab",
+        description="Preference optimisation (DPO, IPO, DPO-Positive, intermediate-layer DPO) "
+        "for Hugging Face causal language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"dpolab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DpolabError as err:
+        print(f"dpolab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dpolab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

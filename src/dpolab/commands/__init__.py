@@ -1,0 +1,1 @@
+"""Sub-commands of the `dpolab` command line, one module per command group."""
