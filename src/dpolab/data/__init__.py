@@ -1,0 +1,1 @@
+"""Preference data: reading files and hub datasets, the formats people have, tokenisation."""

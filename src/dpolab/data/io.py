@@ -1,0 +1,177 @@
+"""Reading rows with their numbers, and writing JSONL files atomically.
+
+Every row keeps the number a user would look for: the line number in a JSONL file, the 1-based
+index in a JSON list, a Parquet file or a hub dataset split. A row that cannot be parsed is
+returned with its error instead of being skipped, so that the caller decides (stop or count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpolab.errors import DpolabError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass
+class Row:
+    """One input row: its 1-based number, and either the parsed record or why it has none."""
+
+    number: int
+    record: dict[str, Any] | None
+    error: str | None = None
+
+
+def looks_like_path(source: str | os.PathLike) -> bool:
+    """A file name rather than a hub id (`org/name`): it has a data suffix or starts like a path."""
+    text = str(source)
+    return text.endswith(FILE_SUFFIXES) or text.startswith((".", "/", "~"))
+
+
+def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterator[Row]:
+    """Rows of a `.jsonl`, `.json` or `.parquet` file, a folder saved by `datasets`, or a hub id.
+
+    Raises `DpolabError` for a missing file, an unknown suffix or an unreachable hub dataset; rows
+    that are not JSON objects come back as `Row(number, None, error)`.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        yield from _read_saved_dataset(path, split)
+    elif path.exists():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _read_jsonl(path)
+        elif suffix == ".json":
+            yield from _read_json(path)
+        elif suffix == ".parquet":
+            yield from _read_parquet(path)
+        else:
+            raise DpolabError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    elif looks_like_path(text):
+        raise DpolabError(f"{text}: no such file")
+    else:
+        yield from _read_hub(text, split)
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue  # blank lines hold no row
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield Row(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            if isinstance(record, dict):
+                yield Row(number, record)
+            else:
+                yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DpolabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    if isinstance(data, dict):
+        # {"data": [...]} or a dict of columns
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if len(lists) == 1:
+            data = next(iter(lists.values()))
+        elif lists and len({len(v) for v in lists.values()}) == 1:
+            n = len(next(iter(lists.values())))
+            data = [{k: v[i] for k, v in lists.items()} for i in range(n)]
+        else:
+            raise DpolabError(f"{path}: expected a JSON list of objects")
+    if not isinstance(data, list):
+        raise DpolabError(f"{path}: expected a JSON list of objects, found {type(data).__name__}")
+    for number, record in enumerate(data, start=1):
+        if isinstance(record, dict):
+            yield Row(number, record)
+        else:
+            yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+
+
+def _read_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DpolabError(f"{path}: cannot read as Parquet ({err})") from None
+    for number, record in enumerate(table.to_pylist(), start=1):
+        yield Row(number, record)
+
+
+def _read_saved_dataset(path: Path, split: str | None) -> Iterator[Row]:
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise DpolabError(f"{path}: not a dataset saved with `save_to_disk` ({err})") from None
+    if isinstance(data, datasets.DatasetDict):
+        split = split or ("train" if "train" in data else next(iter(data)))
+        if split not in data:
+            raise DpolabError(f"{path}: no split {split!r}; it has {', '.join(data)}")
+        data = data[split]
+    for number, record in enumerate(data, start=1):
+        yield Row(number, dict(record))
+
+
+def _read_hub(name: str, split: str | None) -> Iterator[Row]:
+    import datasets
+
+    split = split or "train"
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as err:
+        raise DpolabError(
+            f"{name}: not a local file, and loading it as a hub dataset (split {split!r}) failed: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    for number, record in enumerate(data, start=1):
+        yield Row(number, dict(record))
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as JSONL through a temporary file renamed into place: an interrupted write
+    leaves no half file. Returns the number of records written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write one JSON document atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

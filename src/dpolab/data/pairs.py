@@ -1,0 +1,102 @@
+"""Loading preference pairs with the bad-row policy: stop at the first bad row (default), naming
+file, row and field, or skip bad rows and report how many were skipped and why."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dpolab.data.formats import BadRow, PreferenceExample, normalise
+from dpolab.data.io import read_rows
+from dpolab.errors import DpolabError, where
+
+ON_BAD_ROWS = ("error", "skip")
+
+
+@dataclass
+class SkippedRow:
+    row: int
+    field: str | None
+    reason: str
+
+
+@dataclass
+class BadRowReport:
+    """The rows a source lost, with their reasons; empty when nothing was skipped."""
+
+    source: str
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(f"{s.field}: {s.reason}" if s.field else s.reason for s in self.skipped).most_common())
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.source}: no rows skipped"
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in self.by_reason().items())
+        return f"{self.source}: skipped {len(self.skipped)} bad rows ({reasons})"
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "skipped": len(self.skipped),
+            "by_reason": self.by_reason(),
+            "rows": [{"row": s.row, "field": s.field, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def bad_row_error(source: str | os.PathLike, row: int, fld: str | None, reason: str) -> DpolabError:
+    return DpolabError(
+        f"{where(source, row, fld)}: {reason} (fix the row, or set data.on_bad_rows=skip to skip such rows "
+        f"and count them)"
+    )
+
+
+class BadRowPolicy:
+    """Applies `on_bad_rows` to one source: raise at once, or remember the row and go on."""
+
+    def __init__(self, source: str | os.PathLike, on_bad_rows: str = "error"):
+        if on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, not {on_bad_rows!r}")
+        self.source = str(source)
+        self.on_bad_rows = on_bad_rows
+        self.report = BadRowReport(self.source)
+
+    def bad(self, row: int, fld: str | None, reason: str) -> None:
+        if self.on_bad_rows == "error":
+            raise bad_row_error(self.source, row, fld, reason)
+        self.report.skipped.append(SkippedRow(row, fld, reason))
+
+
+def load_pairs(
+    source: str | os.PathLike,
+    *,
+    split: str | None = None,
+    fmt: str = "auto",
+    on_bad_rows: str = "error",
+    limit: int | None = None,
+) -> tuple[list[PreferenceExample], BadRowReport]:
+    """All usable pairs of a source, normalised, with the report of the rows skipped.
+
+    Raises `DpolabError` at the first bad row when `on_bad_rows` is `error`, and when no row at
+    all is usable.
+    """
+    policy = BadRowPolicy(source, on_bad_rows)
+    examples: list[PreferenceExample] = []
+    for row in read_rows(source, split=split):
+        if row.record is None:
+            policy.bad(row.number, None, row.error or "unreadable")
+            continue
+        try:
+            examples.append(normalise(row.record, fmt, row=row.number))
+        except BadRow as err:
+            policy.bad(row.number, err.field, err.reason)
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise DpolabError(f"{source}: no usable preference pairs ({policy.report.summary()})")
+    return examples, policy.report
