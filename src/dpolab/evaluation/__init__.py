@@ -1,0 +1,1 @@
+"""Evaluation: generation, judges, win rates, downstream tasks, forgetting."""
