@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from dpolab import __version__
@@ -15,7 +16,10 @@ from dpolab.errors import DpolabError
 
 # Modules with sub-commands, in the order `dpolab --help` lists them. Imported lazily so that
 # `dpolab --help` does not pay for importing torch.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "dpolab.commands.train",
+    "dpolab.commands.config",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    logger = logging.getLogger("dpolab")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dpolab: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

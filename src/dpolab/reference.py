@@ -1,0 +1,147 @@
+"""The reference model's log-probs: a frozen copy, the LoRA model with its adapters disabled, or
+log-probs computed once before training and cached on disk.
+
+All three give `logps(batch) -> (len(layers), 2B)` summed log-probs in the order of
+`dpolab.collate`, for the same layers as the policy, so the objective never knows which it got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dpolab.collate import batch_targets
+from dpolab.logprobs import layer_logprobs
+
+log = logging.getLogger("dpolab")
+
+
+class ModelReference:
+    """A separate frozen model (a copy of the starting weights, or `ref_name_or_path`)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], *, final_norm: bool = True,
+                 chunk_tokens: int | None = None):
+        self.model, self.layers, self.final_norm, self.chunk_tokens = model, tuple(layers), final_norm, chunk_tokens
+
+    def to(self, device) -> ModelReference:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        out = layer_logprobs(self.model, batch, self.layers, final_norm=self.final_norm,
+                             chunk_tokens=self.chunk_tokens, targets=batch_targets(batch))
+        return out.logps
+
+
+def _peft_model(model: nn.Module):
+    while not hasattr(model, "disable_adapter"):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            raise TypeError(f"{type(model).__name__} has no LoRA adapters to disable")
+        model = inner
+    return model
+
+
+class AdapterDisabledReference:
+    """The policy itself with its LoRA adapters switched off: no second copy in memory."""
+
+    def __init__(self, layers: Sequence[int], *, final_norm: bool = True, chunk_tokens: int | None = None):
+        self.layers, self.final_norm, self.chunk_tokens = tuple(layers), final_norm, chunk_tokens
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        with _peft_model(policy).disable_adapter():
+            out = layer_logprobs(policy, batch, self.layers, final_norm=self.final_norm,
+                                 chunk_tokens=self.chunk_tokens, targets=batch_targets(batch))
+        return out.logps
+
+
+class PrecomputedReference:
+    """Reference log-probs carried by the batch (`ref_logps`, stacked by the collator)."""
+
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        return batch["ref_logps"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Precomputation and its cache
+# ----------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DPOLAB_CACHE", Path.home() / ".cache" / "dpolab")) / "reference"
+
+
+def model_fingerprint(name_or_path: str) -> dict[str, Any]:
+    """What identifies a model's weights: for a local folder its config and the size and ends of
+    each weight file; for a hub id, the id."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return {"hub_id": name_or_path}
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin") or file.name.endswith(".index.json"):
+            digest.update(file.name.encode())
+            size = file.stat().st_size
+            digest.update(str(size).encode())
+            with file.open("rb") as handle:
+                digest.update(handle.read(1 << 20))
+                if size > 2 << 20:
+                    handle.seek(-(1 << 20), os.SEEK_END)
+                    digest.update(handle.read(1 << 20))
+    return {"path": str(path.resolve()), "files": digest.hexdigest()}
+
+
+def cache_key(*, model: dict[str, Any], pairs: Sequence[dict[str, Any]], layers: Sequence[int],
+              final_norm: bool, dtype: str) -> str:
+    """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model": model, "layers": list(layers), "final_norm": final_norm,
+                              "dtype": dtype}, sort_keys=True).encode())
+    for pair in pairs:
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            digest.update(len(pair[key]).to_bytes(4, "little"))
+            digest.update(torch.as_tensor(pair[key], dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute_reference_logps(reference, pairs: Sequence[dict[str, Any]], collator, *, batch_size: int,
+                            device: torch.device, policy: nn.Module | None = None,
+                            progress: bool = True) -> torch.Tensor:
+    """`(num_pairs, len(layers), 2)` reference log-probs [chosen, rejected] of every pair."""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
+        batch = collator(list(pairs[start : start + batch_size]))
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        logps = reference.logps(batch, policy)  # (layers, 2b)
+        chunks.append(logps.float().cpu().reshape(logps.shape[0], -1, 2).permute(1, 0, 2))
+    return torch.cat(chunks)
+
+
+def cached_reference_logps(key: str, cache_dir: Path, compute) -> torch.Tensor:
+    """Load the cached tensor for `key`, or compute it and store it atomically."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.pt"
+    if path.exists():
+        log.info("reference log-probs: using the cache %s", path)
+        return torch.load(path)
+    values = compute()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(values, tmp)
+    os.replace(tmp, path)
+    log.info("reference log-probs: cached in %s", path)
+    return values
+

@@ -1,0 +1,68 @@
+"""Choosing and preparing the reference for a run (see dpolab.reference for the three kinds)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from dpolab.config import RunConfig
+from dpolab.reference import (
+    AdapterDisabledReference,
+    ModelReference,
+    PrecomputedReference,
+    cache_key,
+    cached_reference_logps,
+    compute_reference_logps,
+    default_cache_dir,
+    model_fingerprint,
+)
+
+log = logging.getLogger("dpolab")
+
+
+def build_reference(config: RunConfig, policy, layers, prepared, collator, args):
+    """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
+    to every train/eval pair (from the cache when it holds them) and frees the reference model."""
+    from dpolab.models import load_frozen_reference
+
+    section = config.model
+    final_norm = config.loss.final_norm
+    adapters = section.lora is not None and section.ref_name_or_path is None
+    if not config.reference.precompute:
+        if adapters:
+            log.info("reference: the policy with its LoRA adapters disabled")
+            return AdapterDisabledReference(layers, final_norm=final_norm)
+        log.info("reference: a frozen copy of %s", section.ref_name_or_path or section.name_or_path)
+        return ModelReference(load_frozen_reference(section), layers, final_norm=final_norm).to(args.device)
+
+    ref_path = section.ref_name_or_path or section.name_or_path
+    cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
+    batch_size = config.reference.batch_size or args.per_device_eval_batch_size
+    for name, pairs in (("train", prepared.train), ("eval", prepared.eval)):
+        if not pairs:
+            continue
+        key = cache_key(model=model_fingerprint(ref_path), pairs=pairs, layers=layers, final_norm=final_norm,
+                        dtype=section.dtype)
+
+        def compute(pairs=pairs):
+            if adapters:
+                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy.to(args.device)
+            else:
+                reference, owner = ModelReference(load_frozen_reference(section), layers,
+                                                  final_norm=final_norm).to(args.device), None
+            values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
+                                             device=args.device, policy=owner)
+            del reference
+            gc.collect()
+            return values
+
+        # the main process computes and caches; the others wait, then read the same cache
+        with args.main_process_first(desc=f"reference log-probs ({name})"):
+            values = cached_reference_logps(key, cache_dir, compute)
+        if values.shape[0] != len(pairs):
+            raise RuntimeError(f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}")
+        for pair, row in zip(pairs, values.tolist()):
+            pair["ref_logps"] = row
+    log.info("reference: log-probs precomputed for %d layers; no reference model in memory", len(layers))
+    return PrecomputedReference()

@@ -1,0 +1,230 @@
+"""`dpolab train` and `dpolab sft` from a validated config: data, models, reference, Trainer.
+
+The order matters for the user: everything that can be checked without weights (config, model
+config and layer numbers, tokenizer, every data row) is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dpolab.config import RunConfig, check_layers_against_model, dump_config
+from dpolab.data.formats import BadRow, PreferenceExample
+from dpolab.data.io import write_json_atomic
+from dpolab.data.pairs import BadRowPolicy, BadRowReport, load_pairs
+from dpolab.data.tokenize import tokenize_pair, tokenize_sft
+from dpolab.errors import DpolabError
+
+log = logging.getLogger("dpolab")
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]] | None
+    reports: list[BadRowReport] = field(default_factory=list)
+    truncated_prompts: int = 0
+    truncated_completions: int = 0
+
+
+def _load_examples(spec, *, split, config: RunConfig) -> tuple[list[PreferenceExample], list[BadRowReport]]:
+    data = config.data
+    if isinstance(spec, list) or data.builder:
+        from dpolab.data.mixture import load_sources  # sources with weights, or a builder
+
+        specs = spec if isinstance(spec, list) else [{"path": data.source, "builder": data.builder, "split": split}]
+        seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
+        return load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed)
+    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows)
+    return examples, [report]
+
+
+def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData):
+    data = config.data
+    policy = BadRowPolicy(source, data.on_bad_rows)
+    tokenize = tokenize_sft if sft else tokenize_pair
+    pairs = []
+    for example in examples:
+        try:
+            pair = tokenize(example, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
+        except BadRow as err:
+            policy.bad(example.row, err.field, err.reason)
+            continue
+        prepared.truncated_prompts += pair.prompt_truncated
+        prepared.truncated_completions += pair.completion_truncated
+        item = pair.to_dict()
+        item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+        pairs.append(item)
+    if policy.report.skipped:
+        prepared.reports.append(policy.report)
+    if data.limit is not None:
+        pairs = pairs[: data.limit]
+    for index, item in enumerate(pairs):
+        item["index"] = index
+    if not pairs:
+        raise DpolabError(f"{source}: no pair survives tokenisation (see data.max_length / max_prompt_length)")
+    return pairs
+
+
+def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> PreparedData:
+    """Load, normalise, tokenise and truncate the train (and eval) pairs; apply on_bad_rows."""
+    data = config.data
+    prepared = PreparedData(train=[], eval=None)
+    train_spec = data.train
+    train_examples, reports = _load_examples(train_spec, split=data.split, config=config)
+    prepared.reports += [r for r in reports if r.skipped]
+    prepared.train = _tokenize_all(train_examples, str(train_spec or data.source), tokenizer, config, sft=sft,
+                                   prepared=prepared)
+    if data.eval:
+        eval_examples, reports = _load_examples(data.eval, split=data.eval_split or "test", config=config)
+        prepared.reports += [r for r in reports if r.skipped]
+        prepared.eval = _tokenize_all(eval_examples, str(data.eval), tokenizer, config, sft=sft, prepared=prepared)
+    elif data.eval_size is not None:
+        n_eval = int(round(data.eval_size * len(prepared.train))) if data.eval_size < 1 else int(data.eval_size)
+        if not 0 < n_eval < len(prepared.train):
+            raise DpolabError(f"data.eval_size: {data.eval_size} leaves {n_eval} of {len(prepared.train)} pairs "
+                              f"for evaluation; choose a size that keeps pairs on both sides")
+        order = list(range(len(prepared.train)))
+        random.Random(int(config.training.get("seed", 42))).shuffle(order)
+        held = set(order[:n_eval])
+        prepared.eval = [p for i, p in enumerate(prepared.train) if i in held]
+        prepared.train = [p for i, p in enumerate(prepared.train) if i not in held]
+        for part in (prepared.train, prepared.eval):
+            for index, item in enumerate(part):
+                item["index"] = index
+    return prepared
+
+
+def training_arguments(config: RunConfig, *, has_eval: bool):
+    """`TrainingArguments` from the `training` section, dpolab's defaults and early stopping."""
+    from transformers import TrainingArguments
+
+    from dpolab.config import TRAINING_DEFAULTS
+
+    values = {**TRAINING_DEFAULTS, **config.training}
+    values.pop("resume_from_checkpoint", None)
+    values["remove_unused_columns"] = False
+    if has_eval and "eval_strategy" not in config.training:
+        values["eval_strategy"] = "steps"
+        values.setdefault("eval_steps", values.get("logging_steps"))
+    es = config.early_stopping
+    if es.patience is not None:
+        values.update(load_best_model_at_end=True, metric_for_best_model=f"eval_{es.metric}", greater_is_better=True)
+        if "save_strategy" not in config.training:
+            values["save_strategy"] = values.get("eval_strategy", "steps")
+        if "save_steps" not in config.training and values.get("eval_steps"):
+            values["save_steps"] = values["eval_steps"]
+    try:
+        return TrainingArguments(**values)
+    except (ValueError, TypeError) as err:
+        raise DpolabError(f"training: {str(err).strip().splitlines()[0]}") from None
+
+
+def _resume_target(config: RunConfig) -> str | bool | None:
+    value = config.training.get("resume_from_checkpoint")
+    if value in (None, False, ""):
+        return None
+    if value is True or value == "true" or value == "last":
+        return True
+    if not Path(value).is_dir():
+        raise DpolabError(f"training.resume_from_checkpoint: {value} is not a checkpoint folder")
+    return value
+
+
+def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[str, Any]:
+    """Train as the config says; returns the run summary (also written to OUTPUT_DIR/summary.json)."""
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    from dpolab.callbacks import LiveProgressCallback, MetricsJsonlCallback, NonFiniteLossCallback
+    from dpolab.collate import PairCollator, SequenceCollator
+    from dpolab.models import count_parameters, load_policy, load_tokenizer, model_num_layers
+    from dpolab.objective import PreferenceObjective, SFTObjective
+    from dpolab.reference_setup import build_reference
+    from dpolab.trainer import DpolabTrainer
+
+    section = config.model
+    num_layers = model_num_layers(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    if not sft:
+        check_layers_against_model(config, num_layers)
+    tokenizer = load_tokenizer(section)
+    prepared = prepare_data(config, tokenizer, sft=sft)
+    has_eval = prepared.eval is not None
+    args = training_arguments(config, has_eval=has_eval)
+    resume = _resume_target(config)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, output_dir / "config.yaml")
+    for report in prepared.reports:
+        log.warning("%s", report.summary())
+    if prepared.reports:
+        write_json_atomic(output_dir / "bad_rows.json", [r.to_dict() for r in prepared.reports])
+    if prepared.truncated_prompts or prepared.truncated_completions:
+        log.info("truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",
+                 prepared.truncated_prompts, prepared.truncated_completions)
+    log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if has_eval else "no")
+
+    policy = load_policy(section)
+    trainable, total = count_parameters(policy)
+    log.info("model: %s, %d layers, %.2fM parameters, %.2fM trainable", section.name_or_path, num_layers,
+             total / 1e6, trainable / 1e6)
+    if sft:
+        objective = SFTObjective(final_layer=num_layers)
+        reference = None
+        collator = SequenceCollator(pad_token_id=tokenizer.pad_token_id)
+    else:
+        loss = config.loss
+        objective = PreferenceObjective(method=loss.method, beta=loss.beta, final_layer=num_layers,
+                                        intermediate_layers=tuple(loss.intermediate_layers), gamma=loss.gamma,
+                                        dpop_lambda=loss.dpop_lambda)
+        collator = PairCollator(pad_token_id=tokenizer.pad_token_id)
+        reference = build_reference(config, policy, objective.layers, prepared, collator, args)
+
+    train_dataset = datasets.Dataset.from_list(prepared.train)
+    eval_dataset = datasets.Dataset.from_list(prepared.eval) if has_eval else None
+    trainer = DpolabTrainer(
+        model=policy, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=collator, processing_class=tokenizer, objective=objective, reference=reference,
+        final_norm=config.loss.final_norm,
+    )
+    nonfinite = NonFiniteLossCallback(lambda: trainer.nonfinite_step.item())
+    trainer.add_callback(MetricsJsonlCallback(output_dir))
+    trainer.add_callback(nonfinite)
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LiveProgressCallback())
+    if config.early_stopping.patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.threshold))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+
+    result = trainer.train(resume_from_checkpoint=resume)
+    if nonfinite.bad_step is not None:
+        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved before it"
+        raise DpolabError(f"the loss became non-finite at step {nonfinite.bad_step}; training stopped and the model "
+                          f"was not saved; {last} (lower training.learning_rate, or check the data)")
+    trainer.save_model(str(output_dir))
+    summary = {
+        "command": "sft" if sft else "train",
+        "method": None if sft else config.loss.method,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_runtime": result.metrics.get("train_runtime"),
+        "pairs": {"train": len(prepared.train), "eval": len(prepared.eval) if has_eval else 0},
+        "skipped_rows": sum(len(r) for r in prepared.reports),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "output_dir": str(output_dir),
+    }
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evals:
+        summary["last_eval"] = {k.removeprefix("eval_"): v for k, v in evals[-1].items()}
+    if trainer.is_world_process_zero():
+        write_json_atomic(output_dir / "summary.json", summary)
+    return summary
