@@ -84,7 +84,7 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
         prepared.reports += [r for r in reports if r.skipped]
         prepared.eval = _tokenize_all(eval_examples, str(data.eval), tokenizer, config, sft=sft, prepared=prepared)
     elif data.eval_size is not None:
-        n_eval = int(round(data.eval_size * len(prepared.train))) if data.eval_size < 1 else int(data.eval_size)
+        n_eval = round(data.eval_size * len(prepared.train)) if data.eval_size < 1 else int(data.eval_size)
         if not 0 < n_eval < len(prepared.train):
             raise DpolabError(f"data.eval_size: {data.eval_size} leaves {n_eval} of {len(prepared.train)} pairs "
                               f"for evaluation; choose a size that keeps pairs on both sides")
