@@ -13,7 +13,9 @@ from dpolab.tiny import build_tokenizer, tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread per test process: tiny models gain nothing from two, and `make test` runs two
+# pytest workers (pytest-xdist) side by side on the two cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
