@@ -69,7 +69,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                yield Row(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
+                yield Row(number, None, f"not valid JSON ({err.msg})")
                 continue
             if isinstance(record, dict):
                 yield Row(number, record)
