@@ -243,3 +243,15 @@ def test_sft_then_preference_training(tmp_path, monkeypatch, tokenizer, model_ty
         assert not any(p.requires_grad for p in seen["reference"].parameters())
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dpo")
         assert reloaded.config.model_type == model_type
+
+
+def test_report_to_tensorboard_goes_through_the_trainer(tmp_path, model_dir):
+    values = base_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", ROWS))
+    values["training"].update(report_to="tensorboard", max_steps=2)
+    run(config_from_dict(values))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "out").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/rewards/accuracies" in tags and "train/loss" in tags
