@@ -69,7 +69,8 @@ def report_lines(report: BadRowReport) -> list[str]:
     """The skipped rows by reason, with their row numbers (the first ROWS_SHOWN of each reason)."""
     if not report.skipped:
         return []
-    lines = [report.summary()]
+    reasons = "; ".join(f"{n} × {reason}" for reason, n in report.by_reason().items())
+    lines = [f"{report.source}: skipped {len(report)} rows ({reasons})"]  # not all bad: see metamath
     for reason in report.by_reason():
         rows = [s.row for s in report.skipped if (f"{s.field}: {s.reason}" if s.field else s.reason) == reason]
         shown = ", ".join(map(str, rows[:ROWS_SHOWN])) + (", ..." if len(rows) > ROWS_SHOWN else "")

@@ -113,11 +113,12 @@ def pair_edit_distance(example: PreferenceExample, tokenizer=None) -> float:
 
 
 def percentiles(values: Sequence[float], qs: Sequence[int] = PERCENTILES) -> dict[str, float]:
-    """`{"p5": ..., "p50": ..., "p100": ...}` (linear interpolation, numpy's default); empty for no values."""
+    """`{"p5": ..., "p50": ..., "p100": ...}` (linear interpolation, numpy's default; rounded to 3
+    decimals); empty for no values."""
     if len(values) == 0:
         return {}
     points = np.percentile(np.asarray(values, dtype=float), list(qs))
-    return {f"p{q}": float(v) for q, v in zip(qs, points)}
+    return {f"p{q}": round(float(v), 3) for q, v in zip(qs, points)}
 
 
 def histogram(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> list[dict[str, float]]:
