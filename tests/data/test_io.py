@@ -102,6 +102,8 @@ def test_hub_id_that_cannot_be_loaded_offline_names_it():
     assert str(err.value).startswith(
         "no-such-org/no-such-dataset: not a local file, and loading it as a hub dataset (split 'validation') failed: "
     )
+    with pytest.raises(DpolabError, match=r"^no-such-org/arc:ARC-Challenge: .*\(split 'train', config 'ARC-Challenge'\)"):
+        list(read_rows("no-such-org/arc:ARC-Challenge"))
 
 
 def test_write_jsonl_atomic_round_trip(tmp_path):

@@ -64,6 +64,9 @@ def test_pair_edit_distance_words_and_tokenizer(tokenizer):
     conversational = PreferenceExample([{"role": "user", "content": "Q"}], [{"role": "assistant", "content": "a b"}],
                                        [{"role": "assistant", "content": "a c"}])
     assert pair_edit_distance(conversational) == pytest.approx(1 / 2)
+    # characters: " 48/2 = 24 clips." vs " 48/2 = 26 clips." differ in 1 of 17
+    assert pair_edit_distance(example, level="char") == pytest.approx(1 / 17)
+    assert pair_edit_distance(example, tokenizer, level="char") == pytest.approx(1 / 17)
 
 
 def test_percentiles_interpolate_linearly():
@@ -91,6 +94,11 @@ def test_dataset_stats_in_characters_and_tokens(tokenizer):
     lengths = [len(tokenize_pair(e, tokenizer, max_length=None, max_prompt_length=None).prompt_ids) for e in examples]
     assert in_tokens["unit"] == "tokens"
     assert in_tokens["prompt_length"]["p100"] == max(lengths)
+    # characters: " xy"/" xz" 1 of 3; " hello there"/" goodbye" 9 of 12 (keep the space, hell'o' -> go'o'
+    # and ther'e' -> dby'e': "hell" -> "go" 2 substitutions + 2 deletions, " ther" -> "dby" 3 + 2)
+    by_char = dataset_stats(examples, level="char")
+    assert by_char["edit_distance"]["mean"] == pytest.approx((1 / 3 + 9 / 12) / 2)
+    assert by_char["edit_distance_unit"] == "characters"
     text = format_stats(stats, source="x.jsonl")
     assert text.splitlines()[0] == "x.jsonl: 2 pairs"
     assert "mean 100.0%, median 100.0%" in text

@@ -53,6 +53,8 @@ def register(subparsers) -> None:
     stats.add_argument("--format", dest="fmt", default="auto", choices=("auto", "standard", "conversational", "implicit"))
     stats.add_argument("--on-bad-rows", default="error", choices=ON_BAD_ROWS)
     stats.add_argument("--bins", type=int, default=10, help="histogram bins over [0, 1] (default 10)")
+    stats.add_argument("--level", choices=("token", "char"), default="token",
+                       help="edit distance over tokens (the tokenizer's, else words; default) or characters")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=run_stats)
 
@@ -145,7 +147,7 @@ def run_stats(args) -> int:
         raise DpolabError(f"--bins must be at least 1, not {args.bins}")
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     examples, report = load_pairs(args.file, split=args.split, fmt=args.fmt, on_bad_rows=args.on_bad_rows)
-    stats = dataset_stats(examples, tokenizer=tokenizer, bins=args.bins)
+    stats = dataset_stats(examples, tokenizer=tokenizer, bins=args.bins, level=args.level)
     if args.json:
         print(json.dumps({"source": args.file, **stats, "skipped": report.to_dict()}, indent=2))
     else:

@@ -40,7 +40,7 @@ NUMBER = r"\d+(?:,\d{3})*(?:\.\d+)?"
 # `= 24`, `= $110`, `=\$5.50`, `=-3` (not `<=`, `>=`, `!=`, `==`); group 1 the number without sign
 _RESULT = re.compile(r"(?<![<>!=])=(?!=)[ \t]*(?:\\?\$)?[ \t]*-?(" + NUMBER + r")")
 # what may not follow a result: the expression goes on (`= 5 * 2`, `= 3/4`, `= 2^3`, `= 2:30`)
-_CONTINUES = re.compile(r"[ \t]*(?:[-+*/×÷^(:]\s*[\d($\\]|\\times|\\cdot|\\div|[x×][ \t]*\d|\d|\.\d)")
+_CONTINUES = re.compile(r"[ \t]*(?:[-+*/×÷^(:]\s*[\d($\\]|\\times|\\cdot|\\div|[x×][ \t]*\d|\d)")
 # an arithmetic step in the left-hand side
 _OPERATION = re.compile(r"[\d)%}][ \t]*(?:[-+*/×÷^]|\\times|\\cdot|\\div|x(?=[ \t]*\\?\$?\d))|\\frac|\\sqrt|\d%? of ")
 _FINAL_LINE = re.compile(r"^[ \t]*(?:The answer is:|####)(.*)$", re.MULTILINE)

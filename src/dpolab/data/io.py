@@ -133,14 +133,18 @@ def _read_saved_dataset(path: Path, split: str | None) -> Iterator[Row]:
 
 
 def _read_hub(name: str, split: str | None) -> Iterator[Row]:
+    """A hub dataset `org/name`, or `org/name:config` for one of its configurations
+    (`allenai/ai2_arc:ARC-Challenge`)."""
     import datasets
 
     split = split or "train"
+    repo, _, config = name.partition(":")
     try:
-        data = datasets.load_dataset(name, split=split)
+        data = datasets.load_dataset(repo, config or None, split=split)
     except Exception as err:
+        what = f"split {split!r}" + (f", config {config!r}" if config else "")
         raise DpolabError(
-            f"{name}: not a local file, and loading it as a hub dataset (split {split!r}) failed: "
+            f"{name}: not a local file, and loading it as a hub dataset ({what}) failed: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
     for number, record in enumerate(data, start=1):

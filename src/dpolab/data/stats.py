@@ -104,8 +104,17 @@ def pair_token_lengths(example: PreferenceExample, tokenizer) -> tuple[int, int,
     return len(prompt_ids), len(chosen_ids), len(rejected_ids), chosen_ids, rejected_ids
 
 
-def pair_edit_distance(example: PreferenceExample, tokenizer=None) -> float:
-    """Normalised token-level edit distance between the pair's chosen and rejected completions."""
+LEVELS = ("token", "char")
+
+
+def pair_edit_distance(example: PreferenceExample, tokenizer=None, *, level: str = "token") -> float:
+    """Normalised edit distance between the pair's chosen and rejected completions: over the
+    tokenizer's tokens when one is given, else over words (`level="token"`) or characters
+    (`level="char"`)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    if level == "char":
+        return normalised_edit_distance(text_of(example.chosen), text_of(example.rejected))
     if tokenizer is not None:
         *_, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
         return normalised_edit_distance(chosen_ids, rejected_ids)
@@ -133,27 +142,33 @@ def histogram(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: f
     ]
 
 
-def dataset_stats(examples: Sequence[PreferenceExample], *, tokenizer=None, bins: int = 10) -> dict[str, Any]:
+def dataset_stats(examples: Sequence[PreferenceExample], *, tokenizer=None, bins: int = 10,
+                  level: str = "token") -> dict[str, Any]:
     """Rows, length percentiles and the normalised edit distance distribution of a list of pairs.
 
     Lengths are in tokens when a tokenizer is given (as the trainer tokenises: BOS in the prompt,
-    EOS or the template's end-of-turn in the completions), else in characters.
+    EOS or the template's end-of-turn in the completions), else in characters. The edit distance
+    is over the tokenizer's tokens, or words without one; `level="char"` makes it over characters.
     """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     prompt_lengths, chosen_lengths, rejected_lengths, distances = [], [], [], []
     for example in examples:
         if tokenizer is not None:
             p, c, r, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
-            distances.append(normalised_edit_distance(chosen_ids, rejected_ids))
+            distances.append(normalised_edit_distance(chosen_ids, rejected_ids) if level == "token"
+                             else pair_edit_distance(example, level="char"))
         else:
             p, c, r = (len(text_of(t)) for t in (example.prompt, example.chosen, example.rejected))
-            distances.append(pair_edit_distance(example))
+            distances.append(pair_edit_distance(example, level=level))
         prompt_lengths.append(p)
         chosen_lengths.append(c)
         rejected_lengths.append(r)
     return {
         "rows": len(examples),
         "unit": "tokens" if tokenizer is not None else "characters",
-        "edit_distance_unit": "tokenizer tokens" if tokenizer is not None else "words and punctuation",
+        "edit_distance_unit": "characters" if level == "char" else
+        "tokenizer tokens" if tokenizer is not None else "words and punctuation",
         "prompt_length": percentiles(prompt_lengths),
         "chosen_length": percentiles(chosen_lengths),
         "rejected_length": percentiles(rejected_lengths),
