@@ -21,7 +21,7 @@ def test_invalid_json_row_comes_back_with_its_number(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"a": 1}, "", '{"a": 2,', "[1, 2]", {"a": 5}])
     rows = list(read_rows(path))
     assert [r.number for r in rows] == [1, 3, 4, 5]
-    assert rows[1] == Row(3, None, "not valid JSON (Expecting property name enclosed in double quotes at column 9)")
+    assert rows[1] == Row(3, None, "not valid JSON (Expecting property name enclosed in double quotes)")
     assert rows[2] == Row(4, None, "not a JSON object but list")
     assert rows[3] == Row(5, {"a": 5})
 

@@ -68,7 +68,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             if not line.strip():
                 continue  # blank lines hold no row
             try:
-                record = json.loads(line.rstrip("\r\n"))  # else an error at the end reads "column 1"
+                record = json.loads(line)
             except json.JSONDecodeError as err:
                 yield Row(number, None, f"not valid JSON ({err.msg})")
                 continue
