@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class PreferenceExample:
     chosen: Text
     rejected: Text
     row: int = 0
-    source: str | None = None
+    source: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def conversational(self) -> bool:
