@@ -2,7 +2,7 @@
 describe them.
 
     dpolab data build metamath --input MetaMathQA-395K.json --output metamath_dpo.jsonl --seed 0
-    dpolab data build arc --input allenai/ai2_arc --split train --output arc_dpo.jsonl
+    dpolab data build arc --input allenai/ai2_arc:ARC-Challenge --split train --output arc_dpo.jsonl
     dpolab data convert hh --input hh_train.jsonl --output hh.jsonl
     dpolab data stats metamath_dpo.jsonl --tokenizer ./my-model --json
 """
