@@ -19,6 +19,7 @@ from dpolab.errors import DpolabError
 COMMAND_MODULES: list[str] = [
     "dpolab.commands.train",
     "dpolab.commands.config",
+    "dpolab.commands.data",
     "dpolab.commands.sweep",
 ]
 
