@@ -45,22 +45,22 @@ def _load_examples(spec, *, split, config: RunConfig) -> tuple[list[PreferenceEx
 
 def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData):
     data = config.data
-    policy = BadRowPolicy(source, data.on_bad_rows)
+    policies: dict[str, BadRowPolicy] = {}  # one per file, so that messages name the file of the row
     tokenize = tokenize_sft if sft else tokenize_pair
     pairs = []
     for example in examples:
         try:
             pair = tokenize(example, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
         except BadRow as err:
-            policy.bad(example.row, err.field, err.reason)
+            name = example.source or source
+            policies.setdefault(name, BadRowPolicy(name, data.on_bad_rows)).bad(example.row, err.field, err.reason)
             continue
         prepared.truncated_prompts += pair.prompt_truncated
         prepared.truncated_completions += pair.completion_truncated
         item = pair.to_dict()
         item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
         pairs.append(item)
-    if policy.report.skipped:
-        prepared.reports.append(policy.report)
+    prepared.reports += [p.report for p in policies.values() if p.report.skipped]
     if data.limit is not None:
         pairs = pairs[: data.limit]
     for index, item in enumerate(pairs):
