@@ -38,7 +38,8 @@ def _load_examples(spec, *, split, config: RunConfig) -> tuple[list[PreferenceEx
 
         specs = spec if isinstance(spec, list) else [{"path": data.source, "builder": data.builder, "split": split}]
         seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
-        return load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed)
+        return load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed,
+                            mix_strategy=data.mix_strategy)
     examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows)
     return examples, [report]
 
