@@ -44,12 +44,18 @@ def default_chunk_tokens(vocab_size: int, elements: int = DEFAULT_CHUNK_ELEMENTS
 # ----------------------------------------------------------------------------------------------
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32 and the half types; fp64 stays fp64 (never a downcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`(n, V)` fp32 logits of one chunk (matmul in the model's dtype, as the model's own head)."""
+    """`(n, V)` fp32 (fp64 for fp64 inputs) logits of one chunk (matmul in the model's dtype, as the
+    model's own head)."""
     logits = hidden @ weight.t()
     if bias is not None:
         logits = logits + bias
-    return logits.float()
+    return logits.to(_accumulation_dtype(logits.dtype))
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -64,8 +70,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, chunk):
         n_rows = hidden.shape[0]
-        out = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
+        acc = _accumulation_dtype(hidden.dtype)
+        out = torch.empty(n_rows, dtype=acc, device=hidden.device)
+        lse = torch.empty(n_rows, dtype=acc, device=hidden.device)
         keep_expected = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not (
             bias is not None and ctx.needs_input_grad[2]
         )
@@ -92,14 +99,15 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         hidden, weight, bias, tokens, lse, expected = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_out = grad_out.float()
+        acc = _accumulation_dtype(hidden.dtype)
+        grad_out = grad_out.to(acc)
         if ctx.keep_expected:
             grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
             return grad_hidden, None, None, None, None
 
         grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
         n_rows = hidden.shape[0]
         rows = torch.arange(ctx.chunk, device=hidden.device)
         for start in range(0, n_rows, ctx.chunk):
@@ -112,7 +120,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             if need_h:
                 grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
-                grad_weight.addmm_(grad_logits.t(), hidden[start:end].float())
+                grad_weight.addmm_(grad_logits.t(), hidden[start:end].to(acc))
             if need_b:
                 grad_bias += grad_logits.sum(dim=0)
             del grad_logits
@@ -141,15 +149,15 @@ def token_logprobs(
         tokens: `(N,)` target token ids.
         chunk_tokens: rows per chunk (default: 64 MiB of fp32 logits).
     Returns:
-        `(N,)` fp32 log-probs, differentiable w.r.t. hidden, weight and bias.
+        `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias.
 
-    Naive equivalent (what the tests compare against):
+    Naive equivalent (what the tests compare against), for fp32 and the half types:
         torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
     """
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0])
     if hidden.shape[0] == 0:
         # keep the result connected to the graph, so that an empty batch still back-propagates zeros
-        return hidden.sum(dim=-1).float() + weight.sum() * 0
+        return hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
     return _ChunkedTokenLogprobs.apply(hidden, weight, bias, tokens, chunk)
 
 
