@@ -84,8 +84,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             out[start:end] = logits.gather(1, tokens[start:end, None]).squeeze(1) - chunk_lse
             lse[start:end] = chunk_lse
             if keep_expected:
-                probs = logits.sub_(chunk_lse[:, None]).exp_()
-                expected[start:end] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+                logits.sub_(chunk_lse[:, None]).exp_()  # the softmax, in place (no second name for it,
+                # which would keep this chunk alive while the next one is computed)
+                expected[start:end] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
             del logits
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
