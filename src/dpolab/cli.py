@@ -21,6 +21,10 @@ COMMAND_MODULES: list[str] = [
     "dpolab.commands.config",
     "dpolab.commands.data",
     "dpolab.commands.sweep",
+    "dpolab.commands.generate",
+    "dpolab.commands.eval",
+    "dpolab.commands.analyze",
+    "dpolab.commands.report",
 ]
 
 
