@@ -37,10 +37,11 @@ class Run:
     warnings: list[str] = field(default_factory=list)
 
     def series(self, key: str, split: str) -> tuple[list[float], list[float]]:
-        """(steps, values) of one metric on one split, in step order, numbers only."""
+        """(steps, values) of one metric on one split (a row without `split` is a train row), in
+        step order, numbers only."""
         points = sorted(
             (row["step"], row[key]) for row in self.metrics
-            if row.get("split") == split and _number(row.get(key)) and _number(row.get("step"))
+            if row.get("split", "train") == split and _number(row.get(key)) and _number(row.get("step"))
         )
         return [p[0] for p in points], [p[1] for p in points]
 
