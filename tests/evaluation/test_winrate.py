@@ -189,3 +189,12 @@ def test_exact_judge_with_chosen_responses_as_b(tmp_path):
 def test_exact_judge_needs_a_reference(tmp_path):
     with pytest.raises(DpolabError, match="needs a reference answer"):
         winrate(answers(["#### 1"]), answers(["#### 2"]), ExactJudge())
+
+
+def test_exact_judge_reference_from_the_chosen_response_a_was_generated_from():
+    # `dpolab generate` on a preference file copies the row's chosen response into the answer row
+    a = answers(["#### 8", "#### 5"], records=[{"chosen": "3 + 5 = 8 #### 8"}, {"chosen": [
+        {"role": "assistant", "content": "2 + 2 = 4 #### 4"}]}])
+    b = answers(["#### 9", "#### 4"])
+    result = winrate(a, b, ExactJudge())
+    assert [p["outcome"] for p in result["pairs"]] == ["win", "loss"]

@@ -32,6 +32,9 @@ def plot_layers(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     for name, metrics in result["models"].items():
         ax.plot(result["layers"], metrics["dpo_likelihood"], marker="o", markersize=3, label=name)
     ax.axhline(-0.693147, color="grey", linewidth=0.8, linestyle="--", label="reference (log ½)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("DPO likelihood  mean log σ(β(Δw − Δl))")
     ax.set_title(f"Layer-wise DPO likelihood (β = {result['beta']}, {result['n_pairs']} pairs)")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dpolab.errors import DpolabError, where
-from dpolab.evaluation.answer_files import Answer, check_aligned, prompt_text
+from dpolab.evaluation.answer_files import Answer, check_aligned, messages_text, prompt_text
 from dpolab.evaluation.judges import Judge, JudgeError, Judgement, JudgeRequest
 from dpolab.evaluation.results import format_table, result_header
 
@@ -164,13 +164,17 @@ class JudgementCache:
 
 
 def reference_of(a: Answer, b: Answer) -> str | None:
-    """A reference answer for a pair: the `answer` field of A's row or B's, else B's chosen
-    response when B is a preference file."""
+    """A reference answer for a pair: the `answer` field of A's row or B's, else the chosen
+    response of a preference row (B a preference file, or A generated from one)."""
     for record in (a.record, b.record):
         if record.get("answer") not in (None, ""):
             return str(record["answer"])
-    if "completion" not in b.record and "chosen" in b.record:
-        return b.completion
+    for record in (a.record, b.record):
+        chosen = record.get("chosen")
+        if isinstance(chosen, list):
+            return messages_text(chosen)
+        if isinstance(chosen, str) and chosen.strip():
+            return chosen
     return None
 
 

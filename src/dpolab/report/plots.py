@@ -63,19 +63,20 @@ def plot_layer_curves(run: Run, metric: str, layers: Sequence[int], path: str | 
 
 
 def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
-    """Stacked bars of win / tie / loss fractions, one bar per (label, winrate result)."""
-    labels = [label for label, _ in rows]
-    fig, ax = new_figure(7.0, max(2.0, 0.5 * len(rows) + 1.2))
+    """Stacked bars of win / tie / loss fractions, one bar per (label, winrate result), top to bottom."""
+    fig, ax = new_figure(7.5, max(2.0, 0.5 * len(rows) + 1.2))
+    y = [len(rows) - 1 - i for i in range(len(rows))]  # the first result on top
     left = [0.0] * len(rows)
     for key, name, color in (("win_fraction", "win", "#4c9a2a"), ("tie_fraction", "tie", "#bbbbbb"),
                              ("loss_fraction", "loss", "#c0392b")):
         widths = [r.get(key) or 0.0 for _, r in rows]
-        ax.barh(labels, widths, left=left, color=color, label=name)
+        ax.barh(y, widths, left=left, color=color, label=name)
         left = [a + b for a, b in zip(left, widths)]
-    for y, (_, r) in enumerate(rows):
+    for pos, (_, r) in zip(y, rows):
         if r.get("win_rate") is not None:
-            ax.annotate(f"win rate {r['win_rate']:.3f}", (1.0, y), xytext=(4, 0), textcoords="offset points",
+            ax.annotate(f"win rate {r['win_rate']:.3f}", (1.0, pos), xytext=(4, 0), textcoords="offset points",
                         va="center", fontsize=8)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
     ax.set_xlim(0, 1.35)
     ax.set_xlabel("fraction of judged pairs")
     ax.set_title("Pairwise judging (both orders; disagreement = tie)")

@@ -75,12 +75,14 @@ class _Plots:
         self.folder, self.count, self.written = folder, 0, []
 
     def path(self, name: str) -> Path:
-        self.count += 1
+        """Where the next plot goes (numbered when it is added)."""
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:60] or "plot"
-        return self.folder / f"{self.count:02d}-{slug}.png"
+        return self.folder / f"{self.count + 1:02d}-{slug}.png"
 
     def add(self, path: Path | None, caption: str, blocks: list[Block]) -> None:
+        """Record a drawn plot (None: nothing was drawn)."""
         if path is not None:
+            self.count += 1
             self.written.append(path)
             blocks.append(Image(path, caption))
 
@@ -143,7 +145,7 @@ def _winrate_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
             rows.append([run.name, _rel(run, path), a, b, r.get("judge"), r.get("wins"), r.get("losses"),
                          r.get("ties"), r.get("unparsed"), r.get("win_rate"),
                          f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", r.get("win_rate_no_ties")])
-            bars.append((f"{run.name}: {a} vs {b}", r))
+            bars.append((f"{run.name}: {a} vs {b}\n({r.get('judge')})", r))
     if not rows:
         return []
     blocks: list[Block] = [Heading(3, "Win rates"), Para(
