@@ -16,7 +16,8 @@ from dpolab.tiny import tiny_model
 def test_first_difference():
     assert first_difference([5, 6, 7, 1], [5, 9, 7, 1]) == 1
     assert first_difference([5, 6, 1], [8, 6, 1]) == 0
-    assert first_difference([5, 6, 7, 1], [5, 6, 1]) == 2  # the rejected one is shorter: m = its length... of 2 shared
+    assert first_difference([5, 6, 7, 1], [5, 6, 1]) == 2  # 7 against EOS
+    assert first_difference([5, 6], [5, 6, 7]) == 2  # chosen a prefix of rejected: m = its length
 
 
 def test_spans_by_hand():
