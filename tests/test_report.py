@@ -68,7 +68,7 @@ def runs(tmp_path_factory, tokenizer):
     write_metrics(dpo / "metrics.jsonl", broken_line=True)
     write_metrics(inter / "metrics.jsonl", layers=(2, 3))
     (dpo / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\ntraining:\n  output_dir: dpo\n")
-    (inter / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\n  layers: [2, 3]\n  gamma: 0.9\n")
+    (inter / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\n  intermediate_layers: [2, 3]\n  gamma: 0.9\n")
     (dpo / "summary.json").write_text(json.dumps({"best_step": 30, "best_eval_rewards/accuracies": 0.8125}))
     # evaluation results made by the library itself
     a = [Answer(i, i + 1, f"q{i}", c, {}) for i, c in enumerate(["long answer", "s", "longer one"])]
@@ -120,7 +120,8 @@ def test_report_html_and_markdown(runs, tmp_path):
     markdown = files.markdown.read_text()
     linked = [line[line.index("](") + 2 : -1] for line in markdown.splitlines() if line.startswith("![")]
     assert len(linked) == 11 and all((files.html.parent / p).exists() for p in linked)
-    assert "| dpo | dpo | 0.1 | 50 | 0.8125 @ step 30 |" in markdown
+    assert "| dpo | dpo | 0.1 | - | 50 | 0.8125 @ step 30 |" in markdown
+    assert "| intermediate | dpo | 0.1 | 2,3 | 50 |" in markdown
 
 
 def test_cli(runs, tmp_path, capsys):

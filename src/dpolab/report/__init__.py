@@ -5,6 +5,6 @@ evaluation results of one or more run directories.
     paths = render_report(["runs/dpo", "runs/dpop"], "report.html")
 """
 
-from dpolab.report.render import ReportFiles, render_report
+from dpolab.report.render import ReportFiles, render_report, write_report
 
-__all__ = ["ReportFiles", "render_report"]
+__all__ = ["ReportFiles", "render_report", "write_report"]

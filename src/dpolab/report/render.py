@@ -101,12 +101,15 @@ def _summary_blocks(runs: Sequence[Run]) -> list[Block]:
         best = peak(steps, values)
         all_steps = [r["step"] for r in run.metrics if isinstance(r.get("step"), int | float)]
         eval_loss = run.series("loss", "eval")[1]
-        rows.append([run.name, config_value(run.config, "loss.method", "method", "loss.type"),
-                     config_value(run.config, "loss.beta", "beta"), max(all_steps) if all_steps else None,
+        method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
+        layers = config_value(run.config, "loss.intermediate_layers")
+        rows.append([run.name, method, config_value(run.config, "loss.beta", "beta"),
+                     ",".join(map(str, layers)) if layers else "-", max(all_steps) if all_steps else None,
                      f"{best[1]:.4f} @ step {best[0]:g}" if best else "-",
                      eval_loss[-1] if eval_loss else None, len(run.results)])
     blocks: list[Block] = [Heading(2, "Runs"), Table(
-        ["run", "method", "β", "steps", "peak eval rewards/accuracies", "final eval loss", "results"], rows)]
+        ["run", "method", "β", "intermediate layers", "steps", "peak eval rewards/accuracies", "final eval loss",
+         "results"], rows)]
     keys: list[str] = []
     for run in runs:
         for k, v in (run.summary or {}).items():
@@ -317,3 +320,9 @@ def render_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     markdown = out.with_suffix(".md")
     markdown.write_text(to_markdown(blocks, out.parent), encoding="utf-8")
     return ReportFiles(out, markdown, plots)
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.html", *,
+                 title: str = "dpolab report") -> Path:
+    """`render_report`, returning the HTML file's path (what `dpolab sweep` calls)."""
+    return render_report(run_dirs, out, title=title).html
