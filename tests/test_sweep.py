@@ -48,9 +48,11 @@ def test_sweep_runs_each_point_once(tmp_path, model_dir, capsys):
     assert "loss.beta: -1.0 must be positive" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
 
-    assert main(["sweep", str(config), "loss.beta=0.1,0.5", "loss.method=dpo", "--no-report"]) == 0
-    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    assert main(["sweep", str(config), "loss.beta=0.1,0.5", "loss.method=dpo"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.name.startswith("beta"))
     assert runs == ["beta-0.1", "beta-0.5"]
+    report = (tmp_path / "sweep" / "report.html").read_text()
+    assert "beta-0.1" in report and "beta-0.5" in report
     for name, beta in (("beta-0.1", 0.1), ("beta-0.5", 0.5)):
         assert yaml.safe_load((tmp_path / "sweep" / name / "config.yaml").read_text())["loss"]["beta"] == beta
     capsys.readouterr()
