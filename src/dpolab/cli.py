@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "dpolab.commands.config",
     "dpolab.commands.data",
     "dpolab.commands.sweep",
+    "dpolab.commands.demo",
     "dpolab.commands.generate",
     "dpolab.commands.eval",
     "dpolab.commands.analyze",
