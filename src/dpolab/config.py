@@ -55,7 +55,7 @@ class DataSection:
     max_length: int | None = 1024  # prompt + completion tokens
     max_prompt_length: int | None = 512  # the prompt keeps its last tokens
     on_bad_rows: str = "error"  # error | skip
-    limit: int | None = None  # use only the first N usable pairs
+    limit: int | None = None  # train on the first N usable pairs only (of the mixture, for several sources)
 
 
 @dataclass

@@ -31,16 +31,18 @@ class PreparedData:
     truncated_completions: int = 0
 
 
-def _load_examples(spec, *, split, config: RunConfig) -> tuple[list[PreferenceExample], list[BadRowReport]]:
+def _load_examples(spec, *, split, config: RunConfig, limit: int | None = None
+                   ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     data = config.data
     if isinstance(spec, list) or data.builder:
         from dpolab.data.mixture import load_sources  # sources with weights, or a builder
 
         specs = spec if isinstance(spec, list) else [{"path": data.source, "builder": data.builder, "split": split}]
         seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
-        return load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed,
-                            mix_strategy=data.mix_strategy)
-    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows)
+        examples, reports = load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed,
+                                         mix_strategy=data.mix_strategy)
+        return examples[:limit], reports
+    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit)
     return examples, [report]
 
 
@@ -62,8 +64,6 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
         item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
         pairs.append(item)
     prepared.reports += [p.report for p in policies.values() if p.report.skipped]
-    if data.limit is not None:
-        pairs = pairs[: data.limit]
     for index, item in enumerate(pairs):
         item["index"] = index
     if not pairs:
@@ -76,7 +76,7 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
     data = config.data
     prepared = PreparedData(train=[], eval=None)
     train_spec = data.train
-    train_examples, reports = _load_examples(train_spec, split=data.split, config=config)
+    train_examples, reports = _load_examples(train_spec, split=data.split, config=config, limit=data.limit)
     prepared.reports += [r for r in reports if r.skipped]
     prepared.train = _tokenize_all(train_examples, str(train_spec or data.source), tokenizer, config, sft=sft,
                                    prepared=prepared)

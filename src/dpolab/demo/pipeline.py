@@ -70,10 +70,10 @@ def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict
 
 
 def _config(out: Path, name: str, model: str, train: str, eval_file: str, training: dict[str, Any],
-            settings: DemoSettings, loss: dict[str, Any] | None = None) -> Path:
+            settings: DemoSettings, loss: dict[str, Any] | None = None, limit: int | None = None) -> Path:
     values: dict[str, Any] = {
         "model": {"name_or_path": model},
-        "data": {"train": train, "eval": eval_file, "max_length": 128, "max_prompt_length": 80},
+        "data": {"train": train, "eval": eval_file, "max_length": 128, "max_prompt_length": 80, "limit": limit},
         "training": {"output_dir": str(out / "runs" / name), "seed": settings.seed, "save_strategy": "no",
                      "report_to": "none", **training},
     }
@@ -109,7 +109,7 @@ def stage_train(out: Path, settings: DemoSettings, task: dict[str, Any], sft: di
     for n, run in enumerate(settings.runs, start=1):
         folder = out / "runs" / run.name
         config = _config(out, run.name, sft["path"], files[f"train.{run.pairs}"], files[f"eval.{run.pairs}"],
-                         settings.preference, settings, loss=run.loss)
+                         settings.preference, settings, loss=run.loss, limit=settings.preference_pairs)
         if (folder / "summary.json").exists():
             log.info("  %s already trained", run.name)
         else:
