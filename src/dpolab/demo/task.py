@@ -4,21 +4,23 @@ Each problem is a short arithmetic word problem: a start value and a few steps, 
 taking away or multiplying. Its solution is the chain of intermediate results, one line per step,
 ending in a GSM8K-style final line (read by `dpolab.evaluation.answers.extract_final_answer`):
 
-    prompt    Mia has 7 coins . She finds 5 more . She gives away 3 . She doubles them .
-              How many coins does Mia have now ?
-    chosen    7 + 5 = 12
-              12 - 3 = 9
-              9 * 2 = 18
-              #### 18
+    prompt    Tom has 14 pens . He gets 9 more . He sells 1 . He multiplies them by 3 .
+              How many pens does Tom have now ?
+    chosen    14 + 9 = 23
+              23 - 1 = 22
+              22 * 3 = 66
+              #### 66
 
 Two dispreferred solutions come with each problem:
 
 - LOW edit distance (Smaug's MetaMath construction): the result of ONE intermediate step (not the
-  last) is replaced by a wrong number where it is stated (`7 + 5 = 15`), nothing else changes,
-  so the final answer stays right. A few tokens of ~25 differ (normalised distance ≈ 5–10 %).
-- HIGH edit distance: a wrong chain to a wrong answer, as if every number had been misread:
-  each step's operand is another number and some operations are others, the chain is carried
-  through consistently, and it ends in a different answer.
+  last) is written wrong on its own line (`14 + 9 = 27`); the next line still starts from the
+  right value and nothing else changes, so the final answer stays right. One or two tokens of 20–27 differ: normalised edit distance
+  3.7–9.5 %, mean ≈ 5.7 % at the default knobs (the paper's MetaMath pairs: 6.5 %).
+- HIGH edit distance: a wrong chain to a wrong answer, as if every operand had been misread:
+  each step's operand is another number and about a third of the operations are others, the chain is
+  carried through consistently from the right start value, and it ends in a different answer.
+  Normalised edit distance 26–75 %, mean ≈ 53 % at the default knobs (the paper's ARC: 90 %).
 
 Texts are written so that `task_tokens` (the split the demo tokenizer uses) sees one token per
 word, symbol and digit; the edit distances are measured on those tokens.
