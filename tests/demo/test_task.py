@@ -108,10 +108,26 @@ def test_high_edit_rejected_is_a_wrong_chain_to_a_wrong_answer(seed, config):
     assert extract_final_answer(problem.rejected_high) == str(problem.wrong_answer)
     # same start, every operand misread, the wrong chain carried through consistently
     assert rejected[0][0] == chosen[0][0]
-    assert all(r[2] != c[2] or r[1] != c[1] for r, c in zip(rejected, chosen))
+    assert all(r[2] != c[2] for r, c in zip(rejected, chosen))
     for (a, op, n, b), previous in zip(rejected, [None, *rejected]):
         assert evaluate(a, op, n) == b >= 0
         assert previous is None or a == previous[3]
+
+
+def naive_edit_distance(a, b) -> int:
+    """The textbook table: D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + (a[i-1] != b[j-1]))."""
+    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return table[-1][-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.lists(st.sampled_from("abc"), max_size=80), b=st.lists(st.sampled_from("abc"), max_size=80))
+def test_edit_distance_matches_the_textbook_table(a, b):
+    # lengths past 64 cross a machine word in the bit-parallel version
+    assert edit_distance(a, b) == naive_edit_distance(a, b) == edit_distance(b, a)
 
 
 def test_edit_distance_by_hand():
@@ -155,6 +171,11 @@ def test_splits_are_seeded_and_disjoint():
     assert [len(first[k]) for k in ("train", "eval", "test")] == [300, 50, 50]
     prompts = [p.prompt for split in first.values() for p in split]
     assert len(prompts) == len(set(prompts))
+    # the held-out problems do not depend on how many training problems are drawn
+    bigger = make_splits(seed=7, sizes=SplitSizes(train=600, eval=50, test=50))
+    for split in ("eval", "test"):
+        assert [p.prompt for p in bigger[split]] == [p.prompt for p in first[split]]
+    assert list(first) == ["train", "eval", "test"]
 
 
 def test_knobs_change_the_problems():

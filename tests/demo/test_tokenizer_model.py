@@ -90,3 +90,17 @@ def test_model_size_and_seed_are_honoured(tok):
     assert num_parameters(small) == v * 32 + 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 32
     same = build_model(tok, SMALL, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(small.parameters(), same.parameters()))
+
+
+@pytest.mark.parametrize("name", ["FULL", "QUICK"])
+def test_settings_fit_together(name, tok):
+    from dpolab.demo import settings
+
+    s = getattr(settings, name)
+    layers = [r.loss["intermediate_layers"] for r in s.runs if "intermediate_layers" in r.loss]
+    # intermediate DPO needs layers strictly inside the model: a middle and a late one, below L
+    assert layers and all(1 <= k < s.model.num_layers for k in layers[0]) and len(set(layers[0])) == 2
+    # the preference runs draw their pairs from the SFT training problems, each pair once
+    prefs = s.preference["max_steps"] * s.preference["per_device_train_batch_size"]
+    assert prefs <= s.preference_pairs <= s.sizes.train
+    assert num_parameters(build_model(tok, s.model)) <= 5_000_000

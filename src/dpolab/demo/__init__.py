@@ -1,0 +1,1 @@
+"""`dpolab demo`: a generated arithmetic task, its tokenizer and a tiny model, small enough for a laptop CPU."""

@@ -1,9 +1,11 @@
 """What `dpolab demo` runs: the task, the model, and each training run's config, full or quick.
 
-The full settings fit the demo in about ten minutes on two CPU cores; `--quick` keeps every stage
-but shrinks each, for tests (under two minutes). The numbers come from trial runs on this task
-(see the issue notes): SFT until held-out accuracy is well between 0 and 100 %, then short
-preference runs that are long enough for DPO's failure mode on low-edit pairs to show.
+The full values come from trial runs on this task on a 2-core machine: SFT (one pass over 22,400
+problems) reaches 50–75 % held-out greedy accuracy depending on the seed, and 100 preference
+steps per method are long enough for DPO's failure mode on low-edit pairs to show (DPO lowered
+the chosen solution's log-prob by 1–1.7 nats and cost 16–22 points of accuracy on three seeds;
+DPOP kept it within +0.1 nat and lost 0–3 points). `--quick` keeps every stage but shrinks each so
+that the test suite can run it; at that size the model barely learns the task and shows nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class DemoSettings:
     eval_pairs: int = 200  # eval pairs for the analyses (rewards/accuracies, layer curve, tokens)
     test_problems: int = 200  # held-out problems for exact-match accuracy
     generation_batch: int = 50
-    max_new_tokens: int = 48
+    max_new_tokens: int = 40
     seed: int = 0
 
     @property

@@ -4,21 +4,23 @@ Each problem is a short arithmetic word problem: a start value and a few steps, 
 taking away or multiplying. Its solution is the chain of intermediate results, one line per step,
 ending in a GSM8K-style final line (read by `dpolab.evaluation.answers.extract_final_answer`):
 
-    prompt    Mia has 7 coins . She finds 5 more . She gives away 3 . She doubles them .
-              How many coins does Mia have now ?
-    chosen    7 + 5 = 12
-              12 - 3 = 9
-              9 * 2 = 18
-              #### 18
+    prompt    Tom has 14 pens . He gets 9 more . He sells 1 . He multiplies them by 3 .
+              How many pens does Tom have now ?
+    chosen    14 + 9 = 23
+              23 - 1 = 22
+              22 * 3 = 66
+              #### 66
 
 Two dispreferred solutions come with each problem:
 
 - LOW edit distance (Smaug's MetaMath construction): the result of ONE intermediate step (not the
-  last) is replaced by a wrong number where it is stated (`7 + 5 = 15`), nothing else changes,
-  so the final answer stays right. A few tokens of ~25 differ (normalised distance ≈ 5–10 %).
-- HIGH edit distance: a wrong chain to a wrong answer, as if every number had been misread:
-  each step's operand is another number and some operations are others, the chain is carried
-  through consistently, and it ends in a different answer.
+  last) is written wrong on its own line (`14 + 9 = 27`); the next line still starts from the
+  right value and nothing else changes, so the final answer stays right. One or two tokens of 20–27 differ: normalised edit distance
+  3.7–9.5 %, mean ≈ 5.7 % at the default knobs (the paper's MetaMath pairs: 6.5 %).
+- HIGH edit distance: a wrong chain to a wrong answer, as if every operand had been misread:
+  each step's operand is another number and about a third of the operations are others, the chain is
+  carried through consistently from the right start value, and it ends in a different answer.
+  Normalised edit distance 26–75 %, mean ≈ 53 % at the default knobs (the paper's ARC: 90 %).
 
 Texts are written so that `task_tokens` (the split the demo tokenizer uses) sees one token per
 word, symbol and digit; the edit distances are measured on those tokens.
@@ -133,21 +135,37 @@ def task_tokens(text: str) -> list[str]:
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions, each costing 1)."""
-    # a common prefix and suffix cost nothing; dropping them first makes near-equal pairs cheap
-    while a and b and a[0] == b[0]:
-        a, b = a[1:], b[1:]
-    while a and b and a[-1] == b[-1]:
-        a, b = a[:-1], b[:-1]
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        current = [i]
-        for j, y in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
+    """Levenshtein distance (insertions, deletions, substitutions, each costing 1) of two sequences
+    of hashable items.
+
+    Bit-parallel (Myers 1999, in Hyyrö's 2001 formulation for the global distance): bit i of the
+    vertical deltas stands for row i of the dynamic-programming table, so each item of `b` costs a
+    few integer operations instead of a loop over `a`. Equivalent to the textbook recurrence
+    `D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + (a[i-1] != b[j-1]))` (tested against it).
+    """
+    if not a or not b:
+        return len(a) + len(b)
+    m = len(a)
+    full, top = (1 << m) - 1, 1 << (m - 1)
+    peq: dict = {}  # item -> bit mask of its positions in a
+    for i, x in enumerate(a):
+        peq[x] = peq.get(x, 0) | (1 << i)
+    pv, mv, score = full, 0, m  # vertical +1 / -1 deltas of the current column; D[m][j]
+    for y in b:
+        eq = peq.get(y, 0)
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) & full  # horizontal +1 deltas
+        mh = pv & xh  # horizontal -1 deltas
+        if ph & top:
+            score += 1
+        elif mh & top:
+            score -= 1
+        ph = ((ph << 1) | 1) & full  # row 0 of the table grows by 1 per column: carry in a +1
+        mh = (mh << 1) & full
+        pv = (mh | ~(xv | ph)) & full
+        mv = ph & xv
+    return score
 
 
 def normalised_edit_distance(a: str, b: str) -> float:
@@ -285,11 +303,14 @@ def make_splits(
     *, seed: int, sizes: SplitSizes = SplitSizes(), config: TaskConfig = TaskConfig()
 ) -> dict[str, list[Problem]]:
     """Train / eval / test problems, seeded. No prompt occurs twice, within or across splits (a
-    repeated prompt is drawn again), so held-out problems are unseen in training."""
+    repeated prompt is drawn again), so held-out problems are unseen in training.
+
+    Test is drawn first, then eval, then train: the held-out problems of a seed stay the same
+    whatever the training set's size."""
     rng = random.Random(seed)
     seen: set[str] = set()
     splits: dict[str, list[Problem]] = {}
-    for name, size in (("train", sizes.train), ("eval", sizes.eval), ("test", sizes.test)):
+    for name, size in (("test", sizes.test), ("eval", sizes.eval), ("train", sizes.train)):
         problems: list[Problem] = []
         repeats = 0  # draws in a row that gave an existing prompt
         while len(problems) < size:
@@ -305,7 +326,7 @@ def make_splits(
             seen.add(problem.prompt)
             problems.append(problem)
         splits[name] = problems
-    return splits
+    return {name: splits[name] for name in ("train", "eval", "test")}
 
 
 def edit_distance_stats(problems: Sequence[Problem]) -> dict[str, float]:
