@@ -14,7 +14,6 @@ from dpolab.demo.task import (
     Problem,
     SplitSizes,
     TaskConfig,
-    edit_distance,
     edit_distance_stats,
     generate_problem,
     make_splits,
@@ -114,29 +113,7 @@ def test_high_edit_rejected_is_a_wrong_chain_to_a_wrong_answer(seed, config):
         assert previous is None or a == previous[3]
 
 
-def naive_edit_distance(a, b) -> int:
-    """The textbook table: D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + (a[i-1] != b[j-1]))."""
-    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-    return table[-1][-1]
-
-
-@settings(max_examples=300, deadline=None)
-@given(a=st.lists(st.sampled_from("abc"), max_size=80), b=st.lists(st.sampled_from("abc"), max_size=80))
-def test_edit_distance_matches_the_textbook_table(a, b):
-    # lengths past 64 cross a machine word in the bit-parallel version
-    assert edit_distance(a, b) == naive_edit_distance(a, b) == edit_distance(b, a)
-
-
-def test_edit_distance_by_hand():
-    # kitten -> sitting: substitute k->s, e->i, insert g
-    assert edit_distance("kitten", "sitting") == 3
-    assert edit_distance("", "abc") == 3
-    assert edit_distance("abc", "abc") == 0
-    # flaw -> lawn: delete f, insert n
-    assert edit_distance("flaw", "lawn") == 2
+def test_task_edit_distance_by_hand():
     # 7 + 5 = 1 2 \n #### 1 2 is 10 tokens; stating 15 for 12 changes one of them: 1/10
     assert task_tokens("7 + 5 = 12\n#### 12") == ["7", " +", " 5", " =", " 1", "2", "\n", "####", " 1", "2"]
     assert normalised_edit_distance("7 + 5 = 12\n#### 12", "7 + 5 = 15\n#### 12") == pytest.approx(0.1)

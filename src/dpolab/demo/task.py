@@ -134,45 +134,11 @@ def task_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions, each costing 1) of two sequences
-    of hashable items.
-
-    Bit-parallel (Myers 1999, in Hyyrö's 2001 formulation for the global distance): bit i of the
-    vertical deltas stands for row i of the dynamic-programming table, so each item of `b` costs a
-    few integer operations instead of a loop over `a`. Equivalent to the textbook recurrence
-    `D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + (a[i-1] != b[j-1]))` (tested against it).
-    """
-    if not a or not b:
-        return len(a) + len(b)
-    m = len(a)
-    full, top = (1 << m) - 1, 1 << (m - 1)
-    peq: dict = {}  # item -> bit mask of its positions in a
-    for i, x in enumerate(a):
-        peq[x] = peq.get(x, 0) | (1 << i)
-    pv, mv, score = full, 0, m  # vertical +1 / -1 deltas of the current column; D[m][j]
-    for y in b:
-        eq = peq.get(y, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = (mv | ~(xh | pv)) & full  # horizontal +1 deltas
-        mh = pv & xh  # horizontal -1 deltas
-        if ph & top:
-            score += 1
-        elif mh & top:
-            score -= 1
-        ph = ((ph << 1) | 1) & full  # row 0 of the table grows by 1 per column: carry in a +1
-        mh = (mh << 1) & full
-        pv = (mh | ~(xv | ph)) & full
-        mv = ph & xv
-    return score
-
-
 def normalised_edit_distance(a: str, b: str) -> float:
     """Token-level Levenshtein distance of two texts divided by the longer one's length (NOTES.md)."""
-    ta, tb = task_tokens(a), task_tokens(b)
-    longest = max(len(ta), len(tb))
-    return edit_distance(ta, tb) / longest if longest else 0.0
+    from dpolab.data.stats import normalised_edit_distance as token_distance
+
+    return token_distance(task_tokens(a), task_tokens(b))
 
 
 # ----------------------------------------------------------------------------------------------
