@@ -18,6 +18,11 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    import os
+
+    # OpenMP threads that spin while waiting make a 2-core machine crawl as soon as anything else
+    # runs beside the demo (6-20x slower steps, seen on the 2-core machine it is timed on)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dpolab.demo.pipeline import run_demo
 
     command = "dpolab demo" + (f" --out {args.out}" if args.out != "demo-out" else "") + (
