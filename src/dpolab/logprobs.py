@@ -44,12 +44,50 @@ def default_chunk_tokens(vocab_size: int, elements: int = DEFAULT_CHUNK_ELEMENTS
 # ----------------------------------------------------------------------------------------------
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32 and the half types; fp64 stays fp64 (never a downcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`(n, V)` fp32 logits of one chunk (matmul in the model's dtype, as the model's own head)."""
+    """`(n, V)` fp32 (fp64 for fp64 inputs) logits of one chunk (matmul in the model's dtype, as the
+    model's own head)."""
+    acc = _accumulation_dtype(hidden.dtype)
     logits = hidden @ weight.t()
     if bias is not None:
         logits = logits + bias
-    return logits.float()
+    return logits if logits.dtype == acc else logits.to(acc)
+
+
+def _gather_dtensor(param: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2 (`DTensor`) parameter as a full tensor, differentiably; anything else as it is."""
+    if param is None or not torch.distributed.is_available():
+        return param
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+@contextmanager
+def _full_head(weight: torch.Tensor, bias: torch.Tensor | None):
+    """The head's weight and bias gathered where DeepSpeed ZeRO-3 has partitioned them.
+
+    Inside the head module's forward (where dpolab computes log-probs) ZeRO-3 has gathered them
+    already, and its pre-backward hook gathers them again for the backward; this covers a call
+    from anywhere else, as TRL's `maybe_gather_lm_head_ctx` does."""
+    partitioned = [p for p in (weight, bias) if p is not None and _zero3_partitioned(p)]
+    if not partitioned:
+        yield weight, bias
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned):
+        yield weight, bias
+
+
+def _zero3_partitioned(param: torch.Tensor) -> bool:
+    status = getattr(param, "ds_status", None)
+    return status is not None and status.name != "AVAILABLE"
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -59,29 +97,38 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     (one chunk alive at a time) to form d logp / d logits = onehot(target) − softmax. When the head
     is frozen (LoRA), forward instead keeps the expected output embedding softmax·W of each row,
     `(N, d)`, so that backward needs no recomputation: d logp / d h = W[target] − softmax·W.
+
+    The softmax is taken in place in each chunk's logits: one `(chunk, V)` tensor alive at a time.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, chunk):
         n_rows = hidden.shape[0]
-        out = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
+        acc = _accumulation_dtype(hidden.dtype)
+        out = torch.empty(n_rows, dtype=acc, device=hidden.device)
+        lse = torch.empty(n_rows, dtype=acc, device=hidden.device)
         keep_expected = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not (
             bias is not None and ctx.needs_input_grad[2]
         )
         expected = torch.empty_like(hidden) if keep_expected else None
-        for start in range(0, n_rows, chunk):
-            end = min(start + chunk, n_rows)
-            logits = _chunk_logits(hidden[start:end], weight, bias)
-            chunk_lse = torch.logsumexp(logits, dim=-1)
-            out[start:end] = logits.gather(1, tokens[start:end, None]).squeeze(1) - chunk_lse
-            lse[start:end] = chunk_lse
-            if keep_expected:
-                probs = logits.sub_(chunk_lse[:, None]).exp_()
-                expected[start:end] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits
+        with _full_head(weight, bias) as (full_weight, full_bias):
+            for start in range(0, n_rows, chunk):
+                end = min(start + chunk, n_rows)
+                logits = _chunk_logits(hidden[start:end], full_weight, full_bias)
+                target = logits.gather(1, tokens[start:end, None]).squeeze(1)
+                top = logits.amax(dim=1, keepdim=True)
+                sums = logits.sub_(top).exp_().sum(dim=1)  # the chunk now holds exp(logits − max)
+                chunk_lse = top.squeeze(1) + sums.log()
+                out[start:end] = target - chunk_lse
+                lse[start:end] = chunk_lse
+                if keep_expected:  # softmax·W = (exp(logits − max)·W) / sum
+                    mixed = logits.to(full_weight.dtype) @ full_weight
+                    expected[start:end] = (mixed / sums[:, None].to(mixed.dtype)).to(hidden.dtype)
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
+        # the backward's recomputation must round the logits as this forward did (under autocast, the
+        # product is taken in the autocast dtype; backward would otherwise run outside autocast)
+        ctx.autocast = (torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type))
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), tokens, lse,
                               expected if keep_expected else hidden.new_empty(0))
         ctx.keep_expected = keep_expected
@@ -92,30 +139,38 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         hidden, weight, bias, tokens, lse, expected = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_out = grad_out.float()
-        if ctx.keep_expected:
-            grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
-            return grad_hidden, None, None, None, None
+        acc = _accumulation_dtype(hidden.dtype)
+        grad_out = grad_out.to(acc)
+        enabled, autocast_dtype = ctx.autocast
+        with _full_head(weight, bias) as (weight, bias), torch.autocast(
+            hidden.device.type, dtype=autocast_dtype, enabled=enabled
+        ):
+            if ctx.keep_expected:
+                grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
+                return grad_hidden, None, None, None, None
 
-        grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        n_rows = hidden.shape[0]
-        rows = torch.arange(ctx.chunk, device=hidden.device)
-        for start in range(0, n_rows, ctx.chunk):
-            end = min(start + ctx.chunk, n_rows)
-            g = grad_out[start:end]
-            # d logp/d logits = onehot(target) − softmax; times the incoming gradient g, row by row
-            grad_logits = _chunk_logits(hidden[start:end], weight, bias)
-            grad_logits.sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
-            grad_logits[rows[: end - start], tokens[start:end]] += g
-            if need_h:
-                grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_w:
-                grad_weight.addmm_(grad_logits.t(), hidden[start:end].float())
-            if need_b:
-                grad_bias += grad_logits.sum(dim=0)
-            del grad_logits
+            n_rows, vocab = hidden.shape[0], weight.shape[0]
+            grad_hidden = torch.empty_like(hidden) if need_h else None
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            grad_bias = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b else None
+            rows = torch.arange(ctx.chunk, device=hidden.device)
+            for start in range(0, n_rows, ctx.chunk):
+                end = min(start + ctx.chunk, n_rows)
+                g = grad_out[start:end]
+                h = hidden[start:end]
+                # d logp/d logits = onehot(target) − softmax; times the incoming gradient g, row by row
+                grad_logits = _chunk_logits(h, weight, bias)
+                grad_logits.sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
+                grad_logits[rows[: end - start], tokens[start:end]] += g
+                if need_h:
+                    if grad_hidden.dtype == acc and weight.dtype == acc:
+                        torch.mm(grad_logits, weight, out=grad_hidden[start:end])
+                    else:
+                        grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_weight.addmm_(grad_logits.t(), h.to(acc))
+                if need_b:
+                    grad_bias += grad_logits.sum(dim=0)
         return (
             grad_hidden,
             grad_weight.to(weight.dtype) if need_w else None,
@@ -141,15 +196,16 @@ def token_logprobs(
         tokens: `(N,)` target token ids.
         chunk_tokens: rows per chunk (default: 64 MiB of fp32 logits).
     Returns:
-        `(N,)` fp32 log-probs, differentiable w.r.t. hidden, weight and bias.
+        `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias.
 
     Naive equivalent (what the tests compare against):
         torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
     """
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0])
+    weight, bias = _gather_dtensor(weight), _gather_dtensor(bias)  # FSDP2: the full head, differentiably
     if hidden.shape[0] == 0:
         # keep the result connected to the graph, so that an empty batch still back-propagates zeros
-        return hidden.sum(dim=-1).float() + weight.sum() * 0
+        return hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
     return _ChunkedTokenLogprobs.apply(hidden, weight, bias, tokens, chunk)
 
 
@@ -170,8 +226,11 @@ class TokenTargets:
     num_segments: int
 
     def num_tokens(self) -> torch.Tensor:
-        """`(num_segments,)` number of scored tokens of each sequence."""
-        return torch.bincount(self.segments, minlength=self.num_segments)
+        """`(num_segments,)` number of scored tokens of each sequence (a scatter, not `bincount`,
+        which reads the largest id back to the host on a GPU)."""
+        ones = torch.ones_like(self.segments)
+        return torch.zeros(self.num_segments, dtype=torch.long, device=self.segments.device).index_add_(
+            0, self.segments, ones)
 
 
 def targets_from_completion_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor) -> TokenTargets:

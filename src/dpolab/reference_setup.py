@@ -39,7 +39,7 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
     ref_path = section.ref_name_or_path or section.name_or_path
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
-    for name, pairs in (("train", prepared.train), ("eval", prepared.eval)):
+    for pairs in (prepared.train, prepared.eval):
         if not pairs:
             continue
         key = cache_key(model=model_fingerprint(ref_path), pairs=pairs, layers=layers, final_norm=final_norm,
@@ -47,19 +47,30 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
 
         def compute(pairs=pairs):
             if adapters:
-                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy.to(args.device)
+                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy
+            elif section.ref_name_or_path is None:
+                # the reference is the policy's starting weights, and no step has been taken yet:
+                # the policy itself serves, with no second copy in memory
+                reference, owner = ModelReference(policy, layers, final_norm=final_norm), None
             else:
-                reference, owner = ModelReference(load_frozen_reference(section), layers,
-                                                  final_norm=final_norm).to(args.device), None
-            values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
-                                             device=args.device, policy=owner)
+                reference, owner = ModelReference(load_frozen_reference(section), layers, final_norm=final_norm), None
+            if owner is not None or reference.model is policy:
+                policy.to(args.device)
+            else:
+                reference.to(args.device)
+            training = policy.training
+            policy.eval()  # no dropout in the reference's log-probs
+            try:
+                values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
+                                                 device=args.device, policy=owner)
+            finally:
+                policy.train(training)
             del reference
             gc.collect()
             return values
 
-        # the main process computes and caches; the others wait, then read the same cache
-        with args.main_process_first(desc=f"reference log-probs ({name})"):
-            values = cached_reference_logps(key, cache_dir, compute)
+        # every process computes a share of the batches (dpolab.reference); the first caches them
+        values = cached_reference_logps(key, cache_dir, compute)
         if values.shape[0] != len(pairs):
             raise RuntimeError(f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}")
         for pair, row in zip(pairs, values.tolist()):

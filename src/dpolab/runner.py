@@ -7,6 +7,7 @@ config and layer numbers, tokenizer, every data row) is checked before a model l
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
     values = {**TRAINING_DEFAULTS, **config.training}
     values.pop("resume_from_checkpoint", None)
     values["remove_unused_columns"] = False
+    # every trainable parameter takes part in every step: spare DDP its search for unused ones
+    values.setdefault("ddp_find_unused_parameters", False)
     if has_eval and "eval_strategy" not in config.training:
         values["eval_strategy"] = "steps"
         values.setdefault("eval_steps", values.get("logging_steps"))
@@ -148,6 +151,8 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     from dpolab.reference_setup import build_reference
     from dpolab.trainer import DpolabTrainer
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        log.setLevel(logging.WARNING)  # under torchrun / accelerate launch, the first process reports
     section = config.model
     num_layers = model_num_layers(section.name_or_path, trust_remote_code=section.trust_remote_code)
     if not sft:
