@@ -1,5 +1,5 @@
 """Two CPU processes (torchrun, gloo) train as one process does with the same global batch, and
-precompute the same reference log-probs.
+precompute the same reference log-probs; under FSDP2 the layer-wise log-probs are the unsharded ones.
 
 The global batch of 4 pairs is split 2 + 2 across the processes: DDP averages the two halves'
 gradients, which is the gradient of the mean over all 4, and the logged metrics are reduced over
@@ -94,3 +94,19 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
                 assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (a["step"], key)
     # the run trained: the loss moved away from log 2 after the first step
     assert abs(one[-1]["loss"] - 0.693147) > 1e-3
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_head_gives_the_unsharded_log_probs():
+    """FSDP2 on CPU (gloo), 2 processes: final and intermediate layers' log-probs and every
+    parameter's gradient equal the unsharded model's, with the head in the root unit or sharded
+    on its own; see tests/fsdp2_worker.py for the checks."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(Path(__file__).with_name("fsdp2_worker.py"))],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "fsdp2 ok" in done.stdout
