@@ -77,8 +77,19 @@ def timer_callback(record: dict):
             record["batch_tokens"] = []  # batches collated so far were the reference's precomputation
             record["step_ends"] = [time.perf_counter()]
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            if record.get("profile_step") == state.global_step + 1:
+                from torch.profiler import ProfilerActivity, profile
+
+                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+                self.profiler.__enter__()
+
         def on_step_end(self, args, state, control, **kwargs):
             record["step_ends"].append(time.perf_counter())
+            if getattr(self, "profiler", None) is not None:
+                self.profiler.__exit__(None, None, None)
+                record["profile"] = profile_categories(self.profiler, vocab=record["vocab"])
+                self.profiler = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -109,6 +120,29 @@ def record_batches(record: dict, impl: str) -> None:
         return original(self, examples, *args, **kwargs)
 
     setattr(cls, name, wrapped)
+
+
+def profile_categories(profiler, *, vocab: int) -> dict[str, float]:
+    """Seconds of CPU time (self time of each operator) by what the operator works on: the output
+    head (an input with a vocabulary-sized dimension), attention, the other matrix products (the
+    transformer blocks), the optimiser, and everything else (norms, activations, copies)."""
+    matmuls = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul", "aten::linear"}
+    out: dict[str, float] = {}
+    for event in profiler.key_averages(group_by_input_shape=True):
+        name = event.key
+        shapes = [tuple(s) for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
+        if "optim" in name.lower() or "_foreach" in name:
+            category = "optimiser"
+        elif any(vocab in s for s in shapes):
+            category = "output head"
+        elif "attention" in name or "softmax" in name:
+            category = "attention"
+        elif name in matmuls:
+            category = "block matmuls"
+        else:
+            category = "other"
+        out[category] = out.get(category, 0.0) + event.self_cpu_time_total / 1e6
+    return out
 
 
 def _checksum(model) -> dict[str, float]:
@@ -210,7 +244,8 @@ def run_trl(spec: dict, callback, device_type: str) -> None:
 
 def main(spec_path: str, result_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    record: dict = {"spec": spec, "loadavg_start": os.getloadavg(), "pid": os.getpid()}
+    record: dict = {"spec": spec, "loadavg_start": os.getloadavg(), "pid": os.getpid(),
+                    "profile_step": spec.get("profile_step"), "vocab": spec["shape"]["vocab"]}
     import torch
 
     if spec.get("threads"):

@@ -23,7 +23,9 @@ log = logging.getLogger("dpolab")
 
 def build_reference(config: RunConfig, policy, layers, prepared, collator, args):
     """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
-    to every train/eval pair (from the cache when it holds them) and frees the reference model."""
+    to every train/eval pair (from the cache when it holds them) and frees the reference model.
+    When the reference is the policy's starting weights (no `ref_name_or_path`), the policy itself
+    computes them before training starts: no second copy is loaded."""
     from dpolab.models import load_frozen_reference
 
     section = config.model
@@ -54,7 +56,7 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
                 reference, owner = ModelReference(policy, layers, final_norm=final_norm), None
             else:
                 reference, owner = ModelReference(load_frozen_reference(section), layers, final_norm=final_norm), None
-            if owner is not None or reference.model is policy:
+            if adapters or section.ref_name_or_path is None:
                 policy.to(args.device)
             else:
                 reference.to(args.device)

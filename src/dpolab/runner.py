@@ -151,8 +151,9 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     from dpolab.reference_setup import build_reference
     from dpolab.trainer import DpolabTrainer
 
-    if int(os.environ.get("RANK", "0")) != 0:
-        log.setLevel(logging.WARNING)  # under torchrun / accelerate launch, the first process reports
+    first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
+    if not first_process:
+        log.setLevel(logging.WARNING)  # the first process reports for all
     section = config.model
     num_layers = model_num_layers(section.name_or_path, trust_remote_code=section.trust_remote_code)
     if not sft:
@@ -164,10 +165,11 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     resume = _resume_target(config)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output_dir / "config.yaml")
+    if first_process:
+        dump_config(config, output_dir / "config.yaml")
     for report in prepared.reports:
         log.warning("%s", report.summary())
-    if prepared.reports:
+    if prepared.reports and first_process:
         write_json_atomic(output_dir / "bad_rows.json", [r.to_dict() for r in prepared.reports])
     if prepared.truncated_prompts or prepared.truncated_completions:
         log.info("truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",
