@@ -46,14 +46,16 @@ def figures(record: dict, tokens: dict[str, float], peak_gflops: float) -> dict:
     tokens_per_s = sum(record["batch_tokens"][1:steps]) / timed
     pairs_per_s = tokens_per_s / tokens["all"]
     peak = max(record["peak_rss_setup_mib"], record["peak_rss_train_mib"])
+    if "peak_cuda_train_mib" in record:  # on a GPU: its memory (allocated by torch), not the host's
+        peak = max(record["peak_cuda_setup_mib"], record["peak_cuda_train_mib"])
     return {
         "pairs_per_s": pairs_per_s,
         "peak_rss_mib": peak,
-        "peak_rss_over_imports_mib": peak - record["rss_imports_mib"],
+        "peak_rss_over_imports_mib": peak - (0.0 if "peak_cuda_train_mib" in record else record["rss_imports_mib"]),
         "peak_rss_train_mib": record["peak_rss_train_mib"],
         "mfu": pairs_per_s * model_flops_per_pair(record, tokens) / (peak_gflops * 1e9),
-        # against the matmul speed measured at this run's start and end: corrects for the load
-        "mfu_own": pairs_per_s * model_flops_per_pair(record, tokens) / (run_peak_gflops(record) * 1e9),
+        # pairs/s per GFLOP/s of matmul speed measured at this run's start and end: corrects for the load
+        "pairs_per_s_own": pairs_per_s / run_peak_gflops(record),
         "loadavg": [record["loadavg_start"][0], record["loadavg_end"][0]],
     }
 
@@ -62,12 +64,29 @@ def run_peak_gflops(record: dict) -> float:
     return (record["matmul_peak_gflops"] + record.get("matmul_peak_end_gflops", record["matmul_peak_gflops"])) / 2
 
 
-def loss_difference(a: dict, b: dict) -> float:
-    """Largest |loss_a − loss_b| over the steps both logged (same weights, data and order)."""
-    la = {x["step"]: x["loss"] for x in a.get("logs", [])}
-    lb = {x["step"]: x["loss"] for x in b.get("logs", [])}
-    common = sorted(set(la) & set(lb))
+def _logged(record: dict, key: str) -> dict[int, float]:
+    return {x["step"]: x[key] for x in record.get("logs", []) if key in x}
+
+
+def loss_difference(a: dict, b: dict, steps=None) -> float:
+    """Largest |loss_a − loss_b| over `steps` (default: every step both logged). Same weights at
+    step 1, and one update that is the same in exact arithmetic before step 2; later steps drift
+    apart slowly, as Adam's normalisation magnifies the rounding of tiny gradients."""
+    la, lb = _logged(a, "loss"), _logged(b, "loss")
+    common = [s for s in sorted(set(la) & set(lb)) if steps is None or s in steps]
     return max((abs(la[s] - lb[s]) for s in common), default=float("nan"))
+
+
+def logps_difference(a: dict, b: dict) -> float:
+    """Largest relative difference of the step-1 `logps/chosen` and `logps/rejected` (the
+    policy's summed log-probs with the same weights: a check of the forward pass alone)."""
+    out = 0.0
+    for key in ("logps/chosen", "logps/rejected"):
+        x, y = _logged(a, key).get(1), _logged(b, key).get(1)
+        if x is None or y is None:
+            return float("nan")
+        out = max(out, abs(x - y) / max(abs(y), 1e-12))
+    return out
 
 
 def median(values):
@@ -95,22 +114,29 @@ def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
             figs = [figures(r, tokens[regime], peak_gflops) for r in records]
             per_impl[key] = {name: median([f[name] for f in figs]) for name in
                              ("pairs_per_s", "peak_rss_mib", "peak_rss_over_imports_mib", "peak_rss_train_mib", "mfu",
-                              "mfu_own")}
+                              "pairs_per_s_own")}
             per_impl[key]["repeats"] = len(figs)
             per_impl[key]["loadavg"] = [f["loadavg"] for f in figs]
         row = {"impl": per_impl}
         ours, theirs = per_impl.get("dpolab/dpo"), per_impl.get("trl/dpo")
         if ours and theirs:
             row["speed_ratio"] = ours["pairs_per_s"] / theirs["pairs_per_s"]
-            row["speed_ratio_load_corrected"] = ours["mfu_own"] / theirs["mfu_own"]
+            row["speed_ratio_load_corrected"] = ours["pairs_per_s_own"] / theirs["pairs_per_s_own"]
             row["memory_ratio"] = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
             row["memory_increment_ratio"] = ours["peak_rss_over_imports_mib"] / theirs["peak_rss_over_imports_mib"]
-            row["max_loss_difference"] = max(loss_difference(a, b) for a, b in
-                                             zip(runs["dpolab/dpo"], runs["trl/dpo"]))
+            pairs = list(zip(runs["dpolab/dpo"], runs["trl/dpo"]))
+            row["loss_difference_first_steps"] = max(loss_difference(a, b, steps=(1, 2)) for a, b in pairs)
+            row["max_loss_difference"] = max(loss_difference(a, b) for a, b in pairs)
+            row["logps_difference"] = max(logps_difference(a, b) for a, b in pairs)
+            # the trainable parameters' sums at the start (LoRA: the random adapters) must agree
+            row["start_difference"] = max(abs(a["start_checksum"]["abs_sum"] - b["start_checksum"]["abs_sum"])
+                                          / b["start_checksum"]["abs_sum"] for a, b in pairs)
         idpo = per_impl.get("dpolab/idpo")
         if ours and idpo:
             row["idpo_time_ratio"] = ours["pairs_per_s"] / idpo["pairs_per_s"]
-            row["idpo_time_ratio_load_corrected"] = ours["mfu_own"] / idpo["mfu_own"]
+            row["idpo_time_ratio_load_corrected"] = ours["pairs_per_s_own"] / idpo["pairs_per_s_own"]
+            # model FLOPs per pair grow with the extra head projections: the ratio they predict
+            row["idpo_flops_ratio"] = (idpo["mfu"] / idpo["pairs_per_s"]) / (ours["mfu"] / ours["pairs_per_s"])
             row["idpo_memory_ratio"] = idpo["peak_rss_mib"] / ours["peak_rss_mib"]
         rows[case_name] = row
     return rows
@@ -132,7 +158,12 @@ def verdicts(rows: dict) -> list[str]:
     for name, row in rows.items():
         check(f"{name} intermediate DPO time ≤ 1.15×", row.get("idpo_time_ratio"), lambda v: v <= 1.15, "{:.2f}×")
         check(f"{name} intermediate DPO memory ≤ 1.1×", row.get("idpo_memory_ratio"), lambda v: v <= 1.1, "{:.2f}×")
-        check(f"{name} losses agree to 1e-4", row.get("max_loss_difference"), lambda v: v <= 1e-4, "max |Δloss| {:.1e}")
+        check(f"{name} losses agree to 1e-4 (steps 1-2)", row.get("loss_difference_first_steps"),
+              lambda v: v <= 1e-4, "max |Δloss| {:.1e}")
+        check(f"{name} step-1 log-probs agree to 1e-5 (relative)", row.get("logps_difference"),
+              lambda v: v <= 1e-5, "{:.1e}")
+        check(f"{name} same trainable weights at the start", row.get("start_difference"),
+              lambda v: v <= 1e-9, "relative difference of their sums {:.0e}")
     mfus = [impl["mfu"] for row in rows.values() for key, impl in row["impl"].items() if key.startswith("dpolab")]
     if mfus:
         check("dpolab MFU ≥ 40 %", max(mfus), lambda v: v >= 0.4, "best {:.0%}")
@@ -140,9 +171,10 @@ def verdicts(rows: dict) -> list[str]:
 
 
 def table(rows: dict) -> str:
-    lines = ["| case | dpolab pairs/s | TRL pairs/s | speed × | (load-corrected) | dpolab peak RSS MiB "
-             "| TRL peak RSS MiB | memory × | memory over imports × | MFU dpolab | MFU TRL | max Δloss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | dpolab pairs/s | TRL pairs/s | speed × | (load-corrected) | dpolab peak memory MiB "
+             "| TRL peak memory MiB | memory × | memory over imports × | MFU dpolab | MFU TRL "
+             "| Δloss steps 1–2 (all) | Δlogps step 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         ours, theirs = row["impl"].get("dpolab/dpo"), row["impl"].get("trl/dpo")
         if not (ours and theirs):
@@ -150,28 +182,38 @@ def table(rows: dict) -> str:
         lines.append(f"| {name} | {ours['pairs_per_s']:.3f} | {theirs['pairs_per_s']:.3f} | **{row['speed_ratio']:.2f}** "
                      f"| ({row['speed_ratio_load_corrected']:.2f}) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | **{row['memory_ratio']:.2f}** "
                      f"| {row['memory_increment_ratio']:.2f} | {ours['mfu']:.1%} | {theirs['mfu']:.1%} "
-                     f"| {row['max_loss_difference']:.1e} |")
+                     f"| {row['loss_difference_first_steps']:.0e} ({row['max_loss_difference']:.0e}) "
+                     f"| {row['logps_difference']:.0e} |")
     idpo = [(n, r) for n, r in rows.items() if "idpo_time_ratio" in r]
     if idpo:
         lines += ["", "| case | DPO pairs/s | intermediate DPO pairs/s | time × | (load-corrected) "
-                  "| DPO peak RSS MiB | intermediate DPO peak RSS MiB | memory × |", "|---|---|---|---|---|---|---|---|"]
+                  "| model FLOPs × | MFU DPO | MFU intermediate | DPO peak memory MiB "
+                  "| intermediate DPO peak memory MiB | memory × |", "|---" * 11 + "|"]
         for name, row in idpo:
             ours, mid = row["impl"]["dpolab/dpo"], row["impl"]["dpolab/idpo"]
             lines.append(f"| {name} | {ours['pairs_per_s']:.3f} | {mid['pairs_per_s']:.3f} "
-                         f"| **{row['idpo_time_ratio']:.2f}** | ({row['idpo_time_ratio_load_corrected']:.2f}) | {ours['peak_rss_mib']:.0f} | {mid['peak_rss_mib']:.0f} "
-                         f"| **{row['idpo_memory_ratio']:.2f}** |")
+                         f"| **{row['idpo_time_ratio']:.2f}** | ({row['idpo_time_ratio_load_corrected']:.2f}) "
+                         f"| {row['idpo_flops_ratio']:.2f} | {ours['mfu']:.1%} | {mid['mfu']:.1%} "
+                         f"| {ours['peak_rss_mib']:.0f} | {mid['peak_rss_mib']:.0f} | **{row['idpo_memory_ratio']:.2f}** |")
     return "\n".join(lines)
 
 
 def profile_table(results: dict) -> str:
-    """CPU seconds of one profiled step by category, and their shares, for each run."""
-    categories = ["block matmuls", "output head", "attention", "optimiser", "other"]
+    """CPU seconds of one profiled step by category, their shares, and the GFLOP/s of the matrix
+    products in each (as the profiler counts their FLOPs), for each run."""
+    categories = ["block matmuls", "output head", "attention", "other"]
     lines = ["| run | " + " | ".join(categories) + " | total s |", "|---" * (len(categories) + 2) + "|"]
     for case_name, runs in results.items():
         for key, records in runs.items():
             prof = records[0].get("profile", {})
-            total = sum(prof.values()) or float("nan")
-            cells = [f"{prof.get(c, 0.0):.2f} ({prof.get(c, 0.0) / total:.0%})" for c in categories]
+            total = sum(v for k, v in prof.items() if not k.endswith("GFLOP")) or float("nan")
+            cells = []
+            for c in categories:
+                seconds = prof.get(c, 0.0)
+                cell = f"{seconds:.2f} s ({seconds / total:.0%})"
+                if c in ("block matmuls", "output head") and prof.get(f"{c} GFLOP") and seconds > 0:
+                    cell += f", {prof[f'{c} GFLOP'] / seconds:.0f} GFLOP/s"
+                cells.append(cell)
             lines.append(f"| {case_name} {key} | " + " | ".join(cells) + f" | {total:.2f} |")
     return "\n".join(lines)
 
@@ -185,7 +227,7 @@ def report(info: dict, results: dict) -> str:
     tokens = info["tokens_per_pair"]
     text = "\n".join([
         f"- command: `{info['command']}`",
-        f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores"
+        f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores ({threads_text(info)})"
         + (f", {info['gpu']}" if info.get("gpu") else "")
         + f"; torch {info['torch']}, transformers {info['transformers']}, TRL {info['trl']}",
         f"- model: Llama, vocabulary {shape['vocab']}, hidden {shape['hidden']}, {shape['layers']} layers, "
@@ -194,6 +236,9 @@ def report(info: dict, results: dict) -> str:
         f"medians",
         "- useful tokens per pair, all (completion positions): "
         + ", ".join(f"{k} {v['all']:.0f} ({v['completion']:.0f})" for k, v in tokens.items()),
+        "- memory: " + ("peak CUDA memory allocated by torch" if info.get("gpu") else
+                        "peak resident set of the process (VmHWM)") + "; over imports: minus the resident set "
+        "after the imports",
         f"- matmul peak (best square product measured in the runs): {peak:.1f} GFLOP/s; load average "
         f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end",
         "",
@@ -220,8 +265,16 @@ def ratios(info: dict, results: dict) -> str:
         idpo = (f"{row['idpo_time_ratio']:.2f}× / {row['idpo_memory_ratio']:.2f}×"
                 if "idpo_time_ratio" in row else "")
         lines.append(f"| {name} | {speed} | {memory} | {idpo} |")
-    return (f"{info['date'][:10]}, {info['cpu']} ({info['cores']} cores), TRL {info['trl']}, load average "
-            f"{info['loadavg_start'][0]:.1f}–{info['loadavg_end'][0]:.1f}:\n\n" + "\n".join(lines))
+    return (f"{info['date'][:10]}, {info['cpu']} ({info['cores']} cores), {threads_text(info)}, TRL {info['trl']}, "
+            f"load average {info['loadavg_start'][0]:.1f} at the start, {info['loadavg_end'][0]:.1f} at the end "
+            f"(`{info['command']}`):\n\n" + "\n".join(lines))
+
+
+def threads_text(info: dict) -> str:
+    threads = info.get("threads")
+    if threads is None and "--threads" in info["command"]:
+        threads = int(info["command"].split("--threads")[1].split()[0])
+    return f"{threads} torch thread{'s' if threads != 1 else ''} per run" if threads else "all cores per run"
 
 
 def update_results(path: Path, marker: str, text: str) -> None:

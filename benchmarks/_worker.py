@@ -64,6 +64,7 @@ def matmul_peak_gflops(device, dtype, *, sizes=(1024, 2048, 3072), seconds: floa
 
 
 def timer_callback(record: dict):
+    import torch
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -73,6 +74,9 @@ def timer_callback(record: dict):
             record["rss_train_begin_mib"] = rss_mib()
             record["peak_rss_setup_mib"] = peak_rss_mib()
             record["peak_reset"] = reset_peak_rss()
+            if torch.cuda.is_available():  # on a GPU, its memory is the one that counts
+                record["peak_cuda_setup_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                torch.cuda.reset_peak_memory_stats()
             record["start_checksum"] = _checksum(model)
             record["batch_tokens"] = []  # batches collated so far were the reference's precomputation
             record["step_ends"] = [time.perf_counter()]
@@ -81,7 +85,7 @@ def timer_callback(record: dict):
             if record.get("profile_step") == state.global_step + 1:
                 from torch.profiler import ProfilerActivity, profile
 
-                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True)
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -97,6 +101,8 @@ def timer_callback(record: dict):
 
         def on_train_end(self, args, state, control, **kwargs):
             record["peak_rss_train_mib"] = peak_rss_mib()
+            if torch.cuda.is_available():
+                record["peak_cuda_train_mib"] = torch.cuda.max_memory_allocated() / 2**20
 
     return StepTimer()
 
@@ -125,15 +131,15 @@ def record_batches(record: dict, impl: str) -> None:
 def profile_categories(profiler, *, vocab: int) -> dict[str, float]:
     """Seconds of CPU time (self time of each operator) by what the operator works on: the output
     head (an input with a vocabulary-sized dimension), attention, the other matrix products (the
-    transformer blocks), the optimiser, and everything else (norms, activations, copies)."""
+    transformer blocks), and everything else (norms, activations, copies, the loss, the optimiser);
+    and, as `<category> GFLOP`, the matrix-product FLOPs the profiler counted in each (it does not
+    count in-place `addmm_`)."""
     matmuls = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul", "aten::linear"}
     out: dict[str, float] = {}
     for event in profiler.key_averages(group_by_input_shape=True):
         name = event.key
         shapes = [tuple(s) for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
-        if "optim" in name.lower() or "_foreach" in name:
-            category = "optimiser"
-        elif any(vocab in s for s in shapes):
+        if any(vocab in s for s in shapes):
             category = "output head"
         elif "attention" in name or "softmax" in name:
             category = "attention"
@@ -142,6 +148,8 @@ def profile_categories(profiler, *, vocab: int) -> dict[str, float]:
         else:
             category = "other"
         out[category] = out.get(category, 0.0) + event.self_cpu_time_total / 1e6
+        if event.flops:
+            out[f"{category} GFLOP"] = out.get(f"{category} GFLOP", 0.0) + event.flops / 1e9
     return out
 
 
@@ -272,8 +280,6 @@ def main(spec_path: str, result_path: str) -> int:
     # again after training: with the start's figure, the machine's speed over this run
     record["matmul_peak_end_gflops"] = matmul_peak_gflops(device, getattr(torch, spec["dtype"]))
     record["peak_rss_mib"] = peak_rss_mib()
-    if device.type == "cuda":
-        record["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     record["loadavg_end"] = os.getloadavg()
     Path(result_path).write_text(json.dumps(record, indent=1))
     return 0

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         env["OMP_NUM_THREADS"] = str(args.threads)
     info = {**machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "shape": vars(shape) | {"heads": shape.heads, "intermediate": shape.intermediate},
-            "batch": args.batch, "steps": steps, "repeats": repeats, "dtype": dtype,
+            "batch": args.batch, "steps": steps, "repeats": repeats, "dtype": dtype, "threads": args.threads,
             "loadavg_start": os.getloadavg(), "tokens_per_pair": tokens}
     print(json.dumps(info, indent=1), flush=True)
 

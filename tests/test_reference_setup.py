@@ -54,3 +54,24 @@ def test_precompute_uses_the_policy_itself_and_matches_the_live_reference(tmp_pa
         for key, value in a.items():
             if isinstance(value, float) and key != "epoch":
                 assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (a["step"], key)
+
+
+@pytest.mark.parametrize("lora,precompute,ok", [(True, False, True), (False, False, False), (True, True, False)])
+def test_zero3_accepts_only_lora_with_the_live_reference(monkeypatch, lora, precompute, ok):
+    """ZeRO-3 partitions every model as it loads; only the policy runs in DeepSpeed's engine, so a
+    frozen reference copy or a precomputation before training would see empty weights."""
+    from dpolab.errors import DpolabError
+    from dpolab.reference_setup import check_sharding
+
+    values = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"},
+              "reference": {"precompute": precompute}}
+    if lora:
+        values["model"]["lora"] = {"r": 4}
+    config = config_from_dict(values)
+    check_sharding(config)  # no DeepSpeed here: nothing to say
+    monkeypatch.setattr("transformers.integrations.deepspeed.is_deepspeed_zero3_enabled", lambda: True)
+    if ok:
+        check_sharding(config)
+    else:
+        with pytest.raises(DpolabError, match="ZeRO-3 dpolab supports only LoRA with the live reference"):
+            check_sharding(config)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from dpolab.config import RunConfig
+from dpolab.errors import DpolabError
 from dpolab.reference import (
     AdapterDisabledReference,
     ModelReference,
@@ -19,6 +20,23 @@ from dpolab.reference import (
 )
 
 log = logging.getLogger("dpolab")
+
+
+def check_sharding(config: RunConfig) -> None:
+    """Under DeepSpeed ZeRO-3 every model dpolab loads is partitioned as it loads, and only the
+    policy runs inside DeepSpeed's engine (which gathers the parts): a frozen reference copy, or a
+    precomputation before training starts, would run on empty weights. Say so before loading."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    if config.model.lora is None or config.model.ref_name_or_path is not None or config.reference.precompute:
+        raise DpolabError(
+            "under DeepSpeed ZeRO-3 dpolab supports only LoRA with the live reference (model.lora set, no "
+            "model.ref_name_or_path, reference.precompute false): a frozen reference copy or a precomputation "
+            "would run outside DeepSpeed's engine on partitioned weights; use ZeRO-2 or FSDP "
+            "(examples/accelerate/fsdp.yaml) for full fine-tuning"
+        )
 
 
 def build_reference(config: RunConfig, policy, layers, prepared, collator, args):

@@ -148,7 +148,7 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     from dpolab.collate import PairCollator, SequenceCollator
     from dpolab.models import count_parameters, load_policy, load_tokenizer, model_num_layers
     from dpolab.objective import PreferenceObjective, SFTObjective
-    from dpolab.reference_setup import build_reference
+    from dpolab.reference_setup import build_reference, check_sharding
     from dpolab.trainer import DpolabTrainer
 
     first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
@@ -162,6 +162,8 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     prepared = prepare_data(config, tokenizer, sft=sft)
     has_eval = prepared.eval is not None
     args = training_arguments(config, has_eval=has_eval)
+    if not sft:
+        check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
     resume = _resume_target(config)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
