@@ -117,30 +117,21 @@ def parse_args(argv=None):
                    help="model, data and one folder per run (spec, result, log)")
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
     p.add_argument("--profile", action="store_true",
-                   help="profile the second step of each run (torch.profiler) and print where its time goes")
+                   help="only profile the second step of one run per implementation of a few cases (torch.profiler) "
+                        "and print where its time goes (--update-results does this too, after the table)")
     p.add_argument("--update-results", type=Path, nargs="?", const=HERE / "RESULTS.md", default=None,
-                   help="write the table (or, with --profile, the profile) into RESULTS.md's marked block, "
-                        "and the ratios into README.md's")
+                   help="write the table and the profile into RESULTS.md's marked blocks, and the ratios into "
+                        "README.md's")
     p.add_argument("--report", type=Path, default=None, help="print the table of a --json file again, and exit")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.report:
-        saved = json.loads(args.report.read_text())
-        text = report(saved["info"], saved["runs"])
-        if args.update_results:
-            update_results(args.update_results, "results", text)
-            update_results(REPO / "README.md", "performance", ratios(saved["info"], saved["runs"]))
-        return 0
-    steps = args.steps or (4 if args.quick else 8)
-    repeats = args.repeats or (1 if args.quick or args.profile else 3)
-    cases = quick_cases() if args.quick else all_cases(args.regimes)
-    if args.only:
-        cases = [(c, impls) for c, impls in cases if c.name in args.only]
-    if args.impls:
-        cases = [(c, [i for i in impls if "/".join(i) in args.impls]) for c, impls in cases]
+# profiled (with --profile, and after the table with --update-results): one step of each run
+PROFILE_CASES = ("dialogue/full/live", "answer/full/live", "dialogue/lora/live")
+
+
+def run_cases(args, cases, *, steps: int, repeats: int, profile: bool) -> tuple[dict, dict]:
+    """Every (case, implementation) `repeats` times, alternating the order; (info, records)."""
     shape = workload.ModelShape(hidden=args.hidden, layers=args.layers)
     paths = workload.prepare(args.workdir / "workload", shape, pairs=steps * args.batch)
     tokens = {}
@@ -167,29 +158,56 @@ def main(argv=None) -> int:
         for case, impls in cases:
             order = impls if rep % 2 == 0 else impls[::-1]  # A B, then B A: load drifts hit both
             for impl, method in order:
+                name = f"{case.name.replace('/', '-')}-{impl}-{method}-{rep}" + ("-profile" if profile else "")
                 spec = {"impl": impl, "case": case.name, "tuning": case.tuning, "reference": case.reference,
                         "layers": intermediate_layers(args.layers) if method == "idpo" else [],
                         "model": paths["model"], "data": paths[case.regime], "shape": vars(shape), "dtype": dtype,
                         "beta": 0.1, "batch": args.batch, "steps": steps, "lr": args.lr, "seed": 0,
                         "gradient_checkpointing": args.gradient_checkpointing, "threads": args.threads,
                         "dpolab_training": json.loads(args.dpolab_training) if impl == "dpolab" else {},
-                        "profile_step": 2 if args.profile else None,
-                        "workdir": str(args.workdir / "runs" / f"{case.name.replace('/', '-')}-{impl}-{method}-{rep}")}
+                        "profile_step": 2 if profile else None, "workdir": str(args.workdir / "runs" / name)}
                 record = run_one(spec, Path(spec["workdir"]), env=env)
                 results.setdefault(case.name, {}).setdefault(f"{impl}/{method}", []).append(record)
                 f = figures(record, tokens[case.regime], record["matmul_peak_gflops"])
                 print(f"[{rep + 1}/{repeats}] {case.name:28s} {impl}/{method:5s} {f['pairs_per_s']:7.3f} pairs/s  "
-                      f"peak RSS {f['peak_rss_mib']:6.0f} MiB  load {f['loadavg'][0]:.2f}->{f['loadavg'][1]:.2f}",
+                      f"peak memory {f['peak_rss_mib']:6.0f} MiB  load {f['loadavg'][0]:.2f}->{f['loadavg'][1]:.2f}",
                       flush=True)
-
     info["loadavg_end"] = os.getloadavg()
-    if args.profile:
-        text = (f"- command: `{info['command']}`; {info['date']}; load average {info['loadavg_start'][0]:.2f} -> "
-                f"{info['loadavg_end'][0]:.2f}\n\n" + profile_table(results))
-        print(text)
+    return info, results
+
+
+def profile_pass(args, cases) -> None:
+    """One profiled step of each run of the profiled cases; prints (and writes) the profile."""
+    chosen = args.only or PROFILE_CASES
+    cases = [(c, impls) for c, impls in cases if c.name in chosen]
+    info, results = run_cases(args, cases, steps=3, repeats=1, profile=True)
+    text = (f"- command: `{info['command']}`; {info['date']}; {info['cpu']}, {info['cores']} cores; load average "
+            f"{info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}\n\n" + profile_table(results))
+    print(text)
+    if args.update_results:
+        update_results(args.update_results, "profile", text)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        text = report(saved["info"], saved["runs"])
         if args.update_results:
-            update_results(args.update_results, "profile", text)
+            update_results(args.update_results, "results", text)
+            update_results(REPO / "README.md", "performance", ratios(saved["info"], saved["runs"]))
         return 0
+    cases = quick_cases() if args.quick else all_cases(args.regimes)
+    if args.only:
+        cases = [(c, impls) for c, impls in cases if c.name in args.only]
+    if args.impls:
+        cases = [(c, [i for i in impls if "/".join(i) in args.impls]) for c, impls in cases]
+    if args.profile:
+        profile_pass(args, cases)
+        return 0
+    steps = args.steps or (4 if args.quick else 8)
+    repeats = args.repeats or (1 if args.quick else 3)
+    info, results = run_cases(args, cases, steps=steps, repeats=repeats, profile=False)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"info": info, "runs": results}, indent=1))
@@ -197,6 +215,7 @@ def main(argv=None) -> int:
     if args.update_results:
         update_results(args.update_results, "results", text)
         update_results(REPO / "README.md", "performance", ratios(info, results))
+        profile_pass(args, cases)  # and where the time goes, for RESULTS.md
     return 0
 
 
