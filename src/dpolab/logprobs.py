@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +85,14 @@ def _full_head(weight: torch.Tensor, bias: torch.Tensor | None):
         yield weight, bias
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes products in on this device type, or None where it is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:  # a device type autocast does not know
+        return None
+
+
 def _zero3_partitioned(param: torch.Tensor) -> bool:
     status = getattr(param, "ds_status", None)
     return status is not None and status.name != "AVAILABLE"
@@ -128,7 +136,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         ctx.has_bias = bias is not None
         # the backward's recomputation must round the logits as this forward did (under autocast, the
         # product is taken in the autocast dtype; backward would otherwise run outside autocast)
-        ctx.autocast = (torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type))
+        ctx.autocast_dtype = _autocast_dtype(hidden.device.type)
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), tokens, lse,
                               expected if keep_expected else hidden.new_empty(0))
         ctx.keep_expected = keep_expected
@@ -141,10 +149,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = _accumulation_dtype(hidden.dtype)
         grad_out = grad_out.to(acc)
-        enabled, autocast_dtype = ctx.autocast
-        with _full_head(weight, bias) as (weight, bias), torch.autocast(
-            hidden.device.type, dtype=autocast_dtype, enabled=enabled
-        ):
+        autocast = (torch.autocast(hidden.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype is not None
+                    else nullcontext())
+        with _full_head(weight, bias) as (weight, bias), autocast:
             if ctx.keep_expected:
                 grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
                 return grad_hidden, None, None, None, None
