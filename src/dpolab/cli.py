@@ -19,6 +19,13 @@ from dpolab.errors import DpolabError
 COMMAND_MODULES: list[str] = [
     "dpolab.commands.train",
     "dpolab.commands.config",
+    "dpolab.commands.data",
+    "dpolab.commands.sweep",
+    "dpolab.commands.demo",
+    "dpolab.commands.generate",
+    "dpolab.commands.eval",
+    "dpolab.commands.analyze",
+    "dpolab.commands.report",
 ]
 
 
@@ -35,10 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the message (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _setup_logging() -> None:
     logger = logging.getLogger("dpolab")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("dpolab: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

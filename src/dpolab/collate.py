@@ -39,6 +39,14 @@ def _pad(rows: Sequence[Sequence[int]], value: int, multiple: int | None) -> tor
     return out
 
 
+def _check_prompt(b: int, prompt_ids: Sequence[int]) -> None:
+    # with no prompt token, nothing predicts the first completion token: its target position would
+    # be b·width − 1, the previous row's last slot, and the log-probs silently wrong
+    if len(prompt_ids) == 0:
+        raise ValueError(f"example {b} has no prompt tokens; the first completion token needs one before it "
+                         f"(dpolab.data.tokenize rejects such rows)")
+
+
 def batch_targets(batch: dict[str, Any]) -> TokenTargets:
     """The `TokenTargets` a collated batch carries."""
     return TokenTargets(
@@ -68,6 +76,7 @@ class PairCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         for b, e in enumerate(examples):
             p, c, r = list(e["prompt_ids"]), list(e["chosen_ids"]), list(e["rejected_ids"])
+            _check_prompt(b, p)
             n_p, n_c = len(p), len(c)
             rows.append(p + c + r)
             segments.append([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * len(r))
@@ -120,6 +129,7 @@ class SequenceCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         for b, (e, c) in enumerate(zip(examples, completions)):
             p = list(e["prompt_ids"])
+            _check_prompt(b, p)
             rows.append(p + list(c))
             for j, tok in enumerate(c):
                 t_pos.append(b * width + len(p) - 1 + j)

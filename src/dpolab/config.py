@@ -48,13 +48,14 @@ class DataSection:
     eval: str | list[dict[str, Any]] | None = None
     eval_split: str | None = None  # split of a hub dataset for `eval` (default "test")
     eval_size: float | int | None = None  # hold out this fraction (<1) or number of training pairs for eval
+    mix_strategy: str = "sum"  # weighted mixtures: sum | interleave_under | interleave_over
     builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
     source: str | None = None  # raw dataset for `builder`
     format: str = "auto"  # auto | standard | conversational | implicit
     max_length: int | None = 1024  # prompt + completion tokens
     max_prompt_length: int | None = 512  # the prompt keeps its last tokens
     on_bad_rows: str = "error"  # error | skip
-    limit: int | None = None  # use only the first N usable pairs
+    limit: int | None = None  # train on the first N usable pairs only (of the mixture, for several sources)
 
 
 @dataclass
@@ -105,6 +106,7 @@ CHOICES = {
     "data.format": ("auto", "standard", "conversational", "implicit"),
     "data.on_bad_rows": ("error", "skip"),
     "data.builder": (None, "metamath", "arc", "hellaswag"),
+    "data.mix_strategy": ("sum", "interleave_under", "interleave_over"),
     "loss.method": ("dpo", "ipo", "dpop"),
 }
 # Defaults dpolab gives TrainingArguments unless the config says otherwise.

@@ -52,11 +52,10 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`(n, V)` fp32 (fp64 for fp64 inputs) logits of one chunk (matmul in the model's dtype, as the
     model's own head)."""
-    acc = _accumulation_dtype(hidden.dtype)
     logits = hidden @ weight.t()
     if bias is not None:
         logits = logits + bias
-    return logits if logits.dtype == acc else logits.to(acc)
+    return logits.to(_accumulation_dtype(logits.dtype))
 
 
 def _gather_dtensor(param: torch.Tensor | None) -> torch.Tensor | None:
@@ -132,6 +131,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 if keep_expected:  # softmax·W = (exp(logits − max)·W) / sum
                     mixed = logits.to(full_weight.dtype) @ full_weight
                     expected[start:end] = (mixed / sums[:, None].to(mixed.dtype)).to(hidden.dtype)
+                del logits  # before the next chunk's product, or two chunks would be alive at once
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
         # the backward's recomputation must round the logits as this forward did (under autocast, the
@@ -178,6 +178,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.t(), h.to(acc))
                 if need_b:
                     grad_bias += grad_logits.sum(dim=0)
+                del grad_logits
         return (
             grad_hidden,
             grad_weight.to(weight.dtype) if need_w else None,
@@ -205,7 +206,7 @@ def token_logprobs(
     Returns:
         `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias.
 
-    Naive equivalent (what the tests compare against):
+    Naive equivalent (what the tests compare against), for fp32 and the half types:
         torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
     """
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0])

@@ -32,38 +32,39 @@ class PreparedData:
     truncated_completions: int = 0
 
 
-def _load_examples(spec, *, split, config: RunConfig) -> tuple[list[PreferenceExample], list[BadRowReport]]:
+def _load_examples(spec, *, split, config: RunConfig, limit: int | None = None
+                   ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     data = config.data
     if isinstance(spec, list) or data.builder:
         from dpolab.data.mixture import load_sources  # sources with weights, or a builder
 
         specs = spec if isinstance(spec, list) else [{"path": data.source, "builder": data.builder, "split": split}]
         seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
-        return load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed)
-    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows)
+        examples, reports = load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed,
+                                         mix_strategy=data.mix_strategy)
+        return examples[:limit], reports
+    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit)
     return examples, [report]
 
 
 def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData):
     data = config.data
-    policy = BadRowPolicy(source, data.on_bad_rows)
+    policies: dict[str, BadRowPolicy] = {}  # one per file, so that messages name the file of the row
     tokenize = tokenize_sft if sft else tokenize_pair
     pairs = []
     for example in examples:
         try:
             pair = tokenize(example, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
         except BadRow as err:
-            policy.bad(example.row, err.field, err.reason)
+            name = example.source or source
+            policies.setdefault(name, BadRowPolicy(name, data.on_bad_rows)).bad(example.row, err.field, err.reason)
             continue
         prepared.truncated_prompts += pair.prompt_truncated
         prepared.truncated_completions += pair.completion_truncated
         item = pair.to_dict()
         item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
         pairs.append(item)
-    if policy.report.skipped:
-        prepared.reports.append(policy.report)
-    if data.limit is not None:
-        pairs = pairs[: data.limit]
+    prepared.reports += [p.report for p in policies.values() if p.report.skipped]
     for index, item in enumerate(pairs):
         item["index"] = index
     if not pairs:
@@ -76,7 +77,7 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
     data = config.data
     prepared = PreparedData(train=[], eval=None)
     train_spec = data.train
-    train_examples, reports = _load_examples(train_spec, split=data.split, config=config)
+    train_examples, reports = _load_examples(train_spec, split=data.split, config=config, limit=data.limit)
     prepared.reports += [r for r in reports if r.skipped]
     prepared.train = _tokenize_all(train_examples, str(train_spec or data.source), tokenizer, config, sft=sft,
                                    prepared=prepared)

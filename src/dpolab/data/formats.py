@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +32,14 @@ class BadRow(Exception):
 
 @dataclass
 class PreferenceExample:
-    """One preference pair, prompt split off; each part a string or a list of messages."""
+    """One preference pair, prompt split off; each part a string or a list of messages. `row` and
+    `source` say where it came from (for messages that name file and row later on)."""
 
     prompt: Text
     chosen: Text
     rejected: Text
     row: int = 0
+    source: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def conversational(self) -> bool:

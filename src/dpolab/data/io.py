@@ -32,11 +32,12 @@ class Row:
 def looks_like_path(source: str | os.PathLike) -> bool:
     """A file name rather than a hub id (`org/name`): it has a data suffix or starts like a path."""
     text = str(source)
-    return text.endswith(FILE_SUFFIXES) or text.startswith((".", "/", "~"))
+    return text.lower().endswith(FILE_SUFFIXES) or text.startswith((".", "/", "~"))
 
 
 def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterator[Row]:
     """Rows of a `.jsonl`, `.json` or `.parquet` file, a folder saved by `datasets`, or a hub id.
+    A `.json` file holds a list of objects, a dict of columns, or JSON Lines.
 
     Raises `DpolabError` for a missing file, an unknown suffix or an unreachable hub dataset; rows
     that are not JSON objects come back as `Row(number, None, error)`.
@@ -62,7 +63,7 @@ def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterato
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of row 1
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # blank lines hold no row
@@ -79,8 +80,11 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
 
 def _read_json(path: Path) -> Iterator[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # JSON Lines under a .json name (as SHP's files are)
+            yield from _read_jsonl(path)
+            return
         raise DpolabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if isinstance(data, dict):
         # {"data": [...]} or a dict of columns
@@ -129,14 +133,18 @@ def _read_saved_dataset(path: Path, split: str | None) -> Iterator[Row]:
 
 
 def _read_hub(name: str, split: str | None) -> Iterator[Row]:
+    """A hub dataset `org/name`, or `org/name:config` for one of its configurations
+    (`allenai/ai2_arc:ARC-Challenge`)."""
     import datasets
 
     split = split or "train"
+    repo, _, config = name.partition(":")
     try:
-        data = datasets.load_dataset(name, split=split)
+        data = datasets.load_dataset(repo, config or None, split=split)
     except Exception as err:
+        what = f"split {split!r}" + (f", config {config!r}" if config else "")
         raise DpolabError(
-            f"{name}: not a local file, and loading it as a hub dataset (split {split!r}) failed: "
+            f"{name}: not a local file, and loading it as a hub dataset ({what}) failed: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
     for number, record in enumerate(data, start=1):

@@ -92,7 +92,9 @@ def load_pairs(
             policy.bad(row.number, None, row.error or "unreadable")
             continue
         try:
-            examples.append(normalise(row.record, fmt, row=row.number))
+            example = normalise(row.record, fmt, row=row.number)
+            example.source = str(source)
+            examples.append(example)
         except BadRow as err:
             policy.bad(row.number, err.field, err.reason)
         if limit is not None and len(examples) >= limit:

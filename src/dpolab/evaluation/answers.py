@@ -26,3 +26,17 @@ def extract_final_answer(text: str) -> str | None:
 def answers_match(prediction: str | None, reference: str | None) -> bool:
     """Exact match of two extracted answers; a missing answer never matches."""
     return prediction is not None and reference is not None and prediction == reference
+
+
+_LAST_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number in a text, normalised like `extract_final_answer` (lm-evaluation-harness's
+    "flexible-extract" of GSM8K: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`)."""
+    matches = [a or b for a, b in _LAST_NUMBER.findall(text)]
+    for candidate in reversed(matches):
+        number = _NUMBER.search(candidate.replace("$", ""))
+        if number is not None:
+            return extract_final_answer("#### " + number.group(0))
+    return None

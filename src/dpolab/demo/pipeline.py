@@ -1,0 +1,179 @@
+"""`dpolab demo`: the whole pipeline in stages, each one reused when a previous run finished it.
+
+    task      generate the problems and the preference pairs (data/)
+    model     build the tokenizer and a tiny Llama (base-model/)
+    sft       `dpolab sft` on the correct solutions (runs/sft/)
+    train     `dpolab train`: DPO, DPOP, intermediate DPO on low-edit pairs; DPO, DPOP on high (runs/*/)
+    evaluate  accuracy, log-prob changes, win/lose/tie, layer-wise and token-level analyses (eval/)
+    report    report.html, report.md, plots/, summary.json
+
+A stage writes its marker (`.stages/<stage>.json`) only after its outputs are complete, so an
+interrupted demo continues where it stopped; `--force` starts again from nothing. Each training
+run is a config file under configs/ that `dpolab train` can run again by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpolab.data.io import write_json_atomic
+from dpolab.demo.settings import DemoSettings, settings_for
+
+log = logging.getLogger("dpolab")
+
+STAGES = ("task", "model", "sft", "train", "evaluate", "report")
+
+
+class Stages:
+    """Markers of finished stages under OUT/.stages, each holding the stage's small result."""
+
+    def __init__(self, out: Path):
+        self.folder = out / ".stages"
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        path = self.folder / f"{stage}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def mark(self, stage: str, result: dict[str, Any]) -> None:
+        write_json_atomic(self.folder / f"{stage}.json", result)
+
+
+def _banner(n: int, stage: str, note: str = "") -> None:
+    log.info("[%d/%d] %s%s", n, len(STAGES), stage, f": {note}" if note else "")
+
+
+def stage_task(out: Path, settings: DemoSettings) -> dict[str, Any]:
+    from dpolab.demo.task import edit_distance_stats, make_splits, write_splits
+
+    splits = make_splits(seed=settings.seed, sizes=settings.sizes, config=settings.task)
+    paths = write_splits(out / "data", splits)
+    stats = edit_distance_stats(splits["train"])
+    return {"files": {k: str(v) for k, v in paths.items()}, "edit_distance": stats,
+            "sizes": {k: len(v) for k, v in splits.items()}, "example": splits["train"][0].to_dict()}
+
+
+def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict[str, Any]:
+    from dpolab.demo.model import num_parameters, save_model, size_dict
+    from dpolab.demo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = save_model(out / "base-model", tokenizer, settings.model, seed=settings.seed)
+    return {"path": str(out / "base-model"), "parameters": num_parameters(model), "vocab": len(tokenizer),
+            "size": size_dict(settings.model)}
+
+
+def _config(out: Path, name: str, model: str, train: str, eval_file: str, training: dict[str, Any],
+            settings: DemoSettings, loss: dict[str, Any] | None = None, limit: int | None = None) -> Path:
+    values: dict[str, Any] = {
+        "model": {"name_or_path": model},
+        "data": {"train": train, "eval": eval_file, "max_length": 128, "max_prompt_length": 80, "limit": limit},
+        "training": {"output_dir": str(out / "runs" / name), "seed": settings.seed, "save_strategy": "no",
+                     "report_to": "none", **training},
+    }
+    if loss is not None:
+        values["loss"] = loss
+        values["reference"] = {"precompute": True, "cache_dir": str(out / "cache")}
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _run_cli(command: str, config: Path) -> None:
+    from dpolab.cli import main
+
+    code = main([command, str(config)])
+    if code != 0:
+        from dpolab.errors import DpolabError
+
+        raise DpolabError(f"the demo's `dpolab {command} {config}` failed (exit code {code})")
+
+
+def stage_sft(out: Path, settings: DemoSettings, task: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    files = task["files"]
+    config = _config(out, "sft", model["path"], files["train.low"], files["eval.low"], settings.sft, settings)
+    _run_cli("sft", config)
+    return {"path": str(out / "runs" / "sft"), "config": str(config)}
+
+
+def stage_train(out: Path, settings: DemoSettings, task: dict[str, Any], sft: dict[str, Any]) -> dict[str, Any]:
+    files = task["files"]
+    runs = {}
+    for n, run in enumerate(settings.runs, start=1):
+        folder = out / "runs" / run.name
+        config = _config(out, run.name, sft["path"], files[f"train.{run.pairs}"], files[f"eval.{run.pairs}"],
+                         settings.preference, settings, loss=run.loss, limit=settings.preference_pairs)
+        if (folder / "summary.json").exists():
+            log.info("  %s already trained", run.name)
+        else:
+            log.info("  run %d/%d: %s on %s-edit pairs (%s)", n, len(settings.runs), run.name, run.pairs,
+                     ", ".join(f"{k} {v}" for k, v in run.loss.items()))
+            _run_cli("train", config)
+        runs[run.name] = {"path": str(folder), "config": str(config), "pairs": run.pairs}
+    return {"runs": runs}
+
+
+def run_demo(out: str | Path = "demo-out", *, quick: bool = False, seed: int = 0, force: bool = False,
+             command: str = "dpolab demo") -> dict[str, Any]:
+    """Run (or finish) the demo into `out`; returns the summary (also OUT/summary.json)."""
+    from dpolab.demo.evaluate import REFERENCE, evaluate_models
+    from dpolab.demo.report import write_demo_report
+
+    out = Path(out)
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_for(quick=quick, seed=seed)
+    stages = Stages(out)
+    previous = stages.done("settings")
+    current = {"quick": quick, "seed": seed}
+    if previous is not None and previous != current:
+        from dpolab.errors import DpolabError
+
+        raise DpolabError(f"{out} holds a demo run with {previous}; this one asks for {current}: use another --out, "
+                          f"or --force to start again")
+    stages.mark("settings", current)
+    timings = dict(stages.done("timings") or {})
+
+    def stage(n: int, name: str, fn, *args) -> dict[str, Any]:
+        done = stages.done(name)
+        if done is not None:
+            _banner(n, name, "done before, reused")
+            return done
+        _banner(n, name)
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = time.perf_counter() - start
+        stages.mark(name, result)
+        stages.mark("timings", timings)
+        return result
+
+    task = stage(1, "task", stage_task, out, settings)
+    model = stage(2, "model", stage_model, out, settings, task)
+    sft = stage(3, "sft", stage_sft, out, settings, task, model)
+    trained = stage(4, "train", stage_train, out, settings, task, sft)
+
+    run_dirs = {REFERENCE: Path(sft["path"]), **{k: Path(v["path"]) for k, v in trained["runs"].items()}}
+    pairs_of = {REFERENCE: "low", **{k: v["pairs"] for k, v in trained["runs"].items()}}
+    files = {k: Path(v) for k, v in task["files"].items()}
+    results = stage(5, "evaluate", evaluate_models, out, run_dirs, files, settings, pairs_of)
+    intermediate = next((list(r.loss["intermediate_layers"]) for r in settings.runs if "intermediate_layers" in r.loss), [])
+
+    def report() -> dict[str, Any]:
+        summary = write_demo_report(out, results, run_dirs=run_dirs, task=task, timings=timings, command=command,
+                                    intermediate_layers=intermediate, quick=quick)
+        return {"findings": summary["findings"]}
+
+    stage(6, "report", report)
+    summary = json.loads((out / "summary.json").read_text())
+    for finding in summary["findings"]:
+        log.info("%s: %s", "shown" if finding["shown"] else "NOT shown", finding["text"])
+    log.info("report: %s", out / "report.html")
+    return summary

@@ -1,0 +1,197 @@
+"""A judge behind an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, ...).
+
+Only the standard library speaks HTTP here. The API key comes from an environment variable
+(`OPENAI_API_KEY`, or the one `api_key_env` names) and appears in no message, log or file.
+
+Faults:
+- 429 and 5xx replies, connection failures and timeouts are retried `max_retries` times with
+  exponential back-off (`backoff`·2^attempt seconds, or the server's Retry-After when it sends one,
+  at most 60 s); then the judge stops with a `JudgeError`.
+- 401/403 (bad key) and other 4xx replies stop the judge at once with the server's message.
+- A 200 reply that is not a chat completion (not JSON, no `choices[0].message.content`) stops the
+  judge at once: it usually means that --base-url points at something else.
+- A well-formed reply without a readable verdict is a judgement, `unparsed`, not an error.
+When the judge stops, the judgements already returned have been handed to the caller (and so
+cached); requests not yet sent are not sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+from dpolab.evaluation.judges import (
+    Judge,
+    JudgeError,
+    Judgement,
+    JudgeRequest,
+    parse_verdict,
+    render_judge_prompt,
+    template_hash,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_WAIT = 60.0
+
+
+class OpenAIJudge(Judge):
+    def __init__(
+        self,
+        model: str,
+        *,
+        template: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+    ):
+        self.model = model
+        self.spec = f"openai:{model}"
+        self.template = template
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.api_key_env = api_key_env
+        self._key = os.environ.get(api_key_env) or None
+        if self._key is None and self.base_url == DEFAULT_BASE_URL:
+            raise JudgeError(f"{self.spec}: no API key; put it in the environment variable {api_key_env}")
+        self.concurrency = max(1, int(concurrency))
+        self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    @property
+    def cache_id(self) -> str:
+        return f"{self.spec}|{self.base_url}|prompt={template_hash(self.template)}|temperature={self.temperature}"
+
+    # -- one HTTP call, with retries ------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _server_message(self, body: bytes) -> str:
+        text = body.decode("utf-8", errors="replace")
+        try:
+            data = json.loads(text)
+            message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("error")
+            text = str(message or text)
+        except (ValueError, AttributeError):
+            pass
+        return self._scrub(" ".join(text.split())[:300])
+
+    def _wait(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                return min(MAX_WAIT, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        return min(MAX_WAIT, self.backoff * 2**attempt)
+
+    def complete(self, content: str) -> str:
+        """The reply text to one user message."""
+        payload: dict = {"model": self.model, "messages": [{"role": "user", "content": content}],
+                         "temperature": self.temperature}
+        if self.max_tokens is not None:
+            payload["max_tokens"] = self.max_tokens
+        data = json.dumps(payload).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    body = response.read()
+                return self._content(body)
+            except urllib.error.HTTPError as err:
+                message = self._server_message(err.read())
+                if err.code in (401, 403):
+                    raise JudgeError(
+                        f"{self.url} refused the request (HTTP {err.code}: {message}); check the API key in "
+                        f"{self.api_key_env}"
+                    ) from None
+                if err.code not in RETRY_STATUS:
+                    raise JudgeError(f"{self.url} answered HTTP {err.code}: {message}") from None
+                last = f"HTTP {err.code}: {message}"
+                retry_after = err.headers.get("Retry-After") if err.headers else None
+            except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
+                reason = getattr(err, "reason", err)
+                last = f"{type(reason).__name__}: {self._scrub(str(reason))}" if str(reason) else type(reason).__name__
+                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                    last = f"no reply within {self.timeout:g} s"
+            if attempt < self.max_retries:
+                time.sleep(self._wait(attempt, retry_after))
+        raise JudgeError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last})")
+
+    def _content(self, body: bytes) -> str:
+        try:
+            data = json.loads(body)
+            content = data["choices"][0]["message"]["content"]
+            if not isinstance(content, str):
+                raise TypeError
+            return content
+        except (ValueError, KeyError, IndexError, TypeError):
+            shown = self._scrub(body[:200].decode("utf-8", errors="replace"))
+            raise JudgeError(
+                f"{self.url} sent a reply that is not a chat completion ({shown!r}); is --base-url right?"
+            ) from None
+
+    # -- the Judge interface --------------------------------------------------------------------
+
+    def judge(self, request: JudgeRequest) -> Judgement:
+        reply = self.complete(render_judge_prompt(self.template, request))
+        return Judgement(parse_verdict(reply), reply)
+
+    def judge_many(self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]) -> None:
+        """Up to `concurrency` requests in flight; results handed over (in this thread) as they come.
+        On a fatal error no new request is sent, those in flight are awaited and handed over, and
+        the first error is raised."""
+        stop = threading.Event()
+
+        def task(request: JudgeRequest) -> Judgement | None:
+            if stop.is_set():
+                return None
+            try:
+                return self.judge(request)
+            except JudgeError:
+                stop.set()
+                raise
+
+        error: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            pending = {pool.submit(task, r): i for i, r in enumerate(requests)}
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        index = pending.pop(future)
+                        if future.cancelled():
+                            continue
+                        if future.exception() is not None:
+                            error = error or future.exception()
+                            continue
+                        if future.result() is not None:
+                            on_result(index, future.result())
+                    if error is not None:
+                        stop.set()
+                        for future in pending:
+                            future.cancel()
+            finally:
+                # an interrupt or a failing callback: send nothing more
+                stop.set()
+                for future in pending:
+                    future.cancel()
+        if error is not None:
+            raise error

@@ -1,0 +1,99 @@
+"""The report's plots: training curves of several runs and the evaluation results' charts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dpolab.analysis.plots import new_figure, save_figure
+from dpolab.report.runs import Run, peak
+
+SPLIT_STYLE = {"eval": "-", "train": ":"}
+
+
+def plot_curves(runs: Sequence[Run], key: str, path: str | os.PathLike, *, splits=("eval", "train"),
+                mark_peak: bool = False, title: str | None = None) -> Path | None:
+    """One metric over steps, a line per run and split; with `mark_peak`, a star on each run's
+    highest eval value. None when no run logged the metric."""
+    fig, ax = new_figure()
+    drawn = False
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        for split in splits:
+            steps, values = run.series(key, split)
+            if not steps:
+                continue
+            drawn = True
+            ax.plot(steps, values, SPLIT_STYLE.get(split, "-"), color=color, marker="." if split == "eval" else None,
+                    label=f"{run.name} ({split})")
+            if mark_peak and split == "eval":
+                step, value = peak(steps, values)
+                ax.plot([step], [value], marker="*", markersize=14, color=color, markeredgecolor="black")
+                ax.annotate(f"peak {value:.3f} @ {step:g}", (step, value), textcoords="offset points",
+                            xytext=(6, 6), fontsize=8)
+    if not drawn:
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title or key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_layer_curves(run: Run, metric: str, layers: Sequence[int], path: str | os.PathLike) -> Path | None:
+    """`layers/<k>/<metric>` over steps for each logged layer k, with the final layer's `<metric>`."""
+    split = "eval" if any(run.series(f"layers/{k}/{metric}", "eval")[0] for k in layers) else "train"
+    fig, ax = new_figure()
+    for k in layers:
+        steps, values = run.series(f"layers/{k}/{metric}", split)
+        if steps:
+            ax.plot(steps, values, marker=".", label=f"layer {k}")
+    steps, values = run.series(metric, split)
+    if steps:
+        ax.plot(steps, values, "--", color="black", label="final layer")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{run.name}: {metric} per layer ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Stacked bars of win / tie / loss fractions, one bar per (label, winrate result), top to bottom."""
+    fig, ax = new_figure(7.5, max(2.0, 0.5 * len(rows) + 1.2))
+    y = [len(rows) - 1 - i for i in range(len(rows))]  # the first result on top
+    left = [0.0] * len(rows)
+    for key, name, color in (("win_fraction", "win", "#4c9a2a"), ("tie_fraction", "tie", "#bbbbbb"),
+                             ("loss_fraction", "loss", "#c0392b")):
+        widths = [r.get(key) or 0.0 for _, r in rows]
+        ax.barh(y, widths, left=left, color=color, label=name)
+        left = [a + b for a, b in zip(left, widths)]
+    for pos, (_, r) in zip(y, rows):
+        if r.get("win_rate") is not None:
+            ax.annotate(f"win rate {r['win_rate']:.3f}", (1.0, pos), xytext=(4, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
+    ax.set_xlim(0, 1.35)
+    ax.set_xlabel("fraction of judged pairs")
+    ax.set_title("Pairwise judging (both orders; disagreement = tie)")
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_forgetting(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Token loss of each model beside its reference's."""
+    import numpy as np
+
+    fig, ax = new_figure(max(5.0, 1.4 * len(rows) + 2))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["reference"]["loss"] for _, r in rows], 0.4, label="reference", color="#999999")
+    ax.bar(x + 0.2, [r["model"]["loss"] for _, r in rows], 0.4, label="model", color="#2a6f9a")
+    ax.set_xticks(x, [label for label, _ in rows], fontsize=8)
+    ax.set_ylabel("mean token loss (nats)")
+    ax.set_title("Forgetting on held-out text")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -1,0 +1,131 @@
+"""Reading rows with the numbers a user would look for, and writing JSONL atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpolab.data.io import Row, looks_like_path, read_rows, write_jsonl_atomic
+from dpolab.errors import DpolabError
+
+from .helpers import FIXTURES, read_jsonl, write_jsonl
+
+
+def test_jsonl_row_numbers_are_line_numbers_after_blank_lines(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"a": 1}, "", "   ", {"a": 2}, "", {"a": 3}])
+    assert [(r.number, r.record) for r in read_rows(path)] == [(1, {"a": 1}), (4, {"a": 2}), (6, {"a": 3})]
+
+
+def test_invalid_json_row_comes_back_with_its_number(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"a": 1}, "", '{"a": 2,', "[1, 2]", {"a": 5}])
+    rows = list(read_rows(path))
+    assert [r.number for r in rows] == [1, 3, 4, 5]
+    assert rows[1] == Row(3, None, "not valid JSON (Expecting property name enclosed in double quotes)")
+    assert rows[2] == Row(4, None, "not a JSON object but list")
+    assert rows[3] == Row(5, {"a": 5})
+
+
+def test_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}\n{"a": 2}\n')
+    assert [r.record for r in read_rows(path)] == [{"a": 1}, {"a": 2}]
+    json_path = tmp_path / "bom.json"
+    json_path.write_bytes(b"\xef\xbb\xbf" + b'[{"a": 1}]')
+    assert [r.record for r in read_rows(json_path)] == [{"a": 1}]
+
+
+def test_json_list_dict_of_columns_and_data_key(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps([{"a": 1}, 7, {"a": 3}]))
+    rows = list(read_rows(tmp_path / "list.json"))
+    assert rows == [Row(1, {"a": 1}), Row(2, None, "not a JSON object but int"), Row(3, {"a": 3})]
+    (tmp_path / "columns.json").write_text(json.dumps({"a": [1, 2], "b": ["x", "y"]}))
+    assert [r.record for r in read_rows(tmp_path / "columns.json")] == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 2, "data": [{"a": 1}]}))
+    assert [r.record for r in read_rows(tmp_path / "wrapped.json")] == [{"a": 1}]
+    (tmp_path / "broken.json").write_text('[{"a": 1},\n{"a": ]')
+    with pytest.raises(DpolabError, match=r"broken\.json: not valid JSON \(Expecting value at line 2, column 7\)"):
+        list(read_rows(tmp_path / "broken.json"))
+
+
+def test_json_lines_under_a_json_name_as_shp_has_them():
+    rows = list(read_rows(FIXTURES / "shp_train.json"))
+    assert [r.number for r in rows] == list(range(1, 21))
+    assert rows[0].record["domain"] == "askculinary_train" and rows[0].record["labels"] == 1
+
+
+def test_parquet_rows_equal_the_jsonl_rows():
+    from_parquet = list(read_rows(FIXTURES / "hellaswag_train.parquet"))
+    assert [r.number for r in from_parquet] == list(range(1, 21))
+    assert [r.record for r in from_parquet] == read_jsonl(FIXTURES / "hellaswag_train.jsonl")
+
+
+def test_damaged_parquet_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DpolabError, match=r"bad\.parquet: cannot read as Parquet"):
+        list(read_rows(tmp_path / "bad.parquet"))
+
+
+def test_folder_saved_with_save_to_disk(tmp_path):
+    import datasets
+
+    records = read_jsonl(FIXTURES / "arc_challenge_train.jsonl")
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "one"))
+    rows = list(read_rows(tmp_path / "one"))
+    assert [r.number for r in rows] == list(range(1, 21)) and [r.record for r in rows] == records
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:3]),
+                          "test": datasets.Dataset.from_list(records[3:5])}).save_to_disk(str(tmp_path / "dict"))
+    assert [r.record["id"] for r in read_rows(tmp_path / "dict")] == [r["id"] for r in records[:3]]  # train
+    assert [r.record["id"] for r in read_rows(tmp_path / "dict", split="test")] == [r["id"] for r in records[3:5]]
+    with pytest.raises(DpolabError, match=r"no split 'validation'; it has train, test"):
+        list(read_rows(tmp_path / "dict", split="validation"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DpolabError, match=r"empty: not a dataset saved with `save_to_disk`"):
+        list(read_rows(tmp_path / "empty"))
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    with pytest.raises(DpolabError, match=r"^.*missing\.jsonl: no such file$"):
+        list(read_rows(tmp_path / "missing.jsonl"))
+    with pytest.raises(DpolabError, match=r"DATA\.JSONL: no such file"):  # not taken for a hub id
+        list(read_rows("DATA.JSONL"))
+    (tmp_path / "d.csv").write_text("a,b\n")
+    with pytest.raises(DpolabError, match=r"d\.csv: unknown file type '\.csv'; use one of \.jsonl, \.json, \.parquet"):
+        list(read_rows(tmp_path / "d.csv"))
+
+
+def test_hub_id_that_cannot_be_loaded_offline_names_it():
+    assert not looks_like_path("no-such-org/no-such-dataset")
+    with pytest.raises(DpolabError) as err:
+        list(read_rows("no-such-org/no-such-dataset", split="validation"))
+    assert str(err.value).startswith(
+        "no-such-org/no-such-dataset: not a local file, and loading it as a hub dataset (split 'validation') failed: "
+    )
+    with pytest.raises(DpolabError, match=r"^no-such-org/arc:ARC-Challenge: .*\(split 'train', config 'ARC-Challenge'\)"):
+        list(read_rows("no-such-org/arc:ARC-Challenge"))
+
+
+def test_write_jsonl_atomic_round_trip(tmp_path):
+    records = [{"prompt": "p", "chosen": "ü", "rejected": "r"}, {"n": [1, 2]}]
+    assert write_jsonl_atomic(tmp_path / "sub" / "out.jsonl", records) == 2
+    assert (tmp_path / "sub" / "out.jsonl").read_text(encoding="utf-8").splitlines() == [
+        '{"prompt": "p", "chosen": "ü", "rejected": "r"}', '{"n": [1, 2]}']
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_write_leaves_no_half_file(tmp_path, interruption):
+    def records():
+        for i in range(5):
+            if i == 3:
+                raise interruption()
+            yield {"i": i}
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(interruption):
+        write_jsonl_atomic(out, records())
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    out.write_text('{"old": true}\n')
+    with pytest.raises(interruption):
+        write_jsonl_atomic(out, records())
+    assert list(tmp_path.iterdir()) == [out] and out.read_text() == '{"old": true}\n'  # the old file is intact

@@ -1,0 +1,166 @@
+"""Downstream tasks: acc/acc_norm worked out by hand, lm-eval's encoding and schemas, GSM8K scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from dpolab.errors import DpolabError
+from dpolab.evaluation.tasks import (
+    choice_metrics,
+    cut_at_stop,
+    encode_pair,
+    evaluate_choices,
+    evaluate_generation,
+    evaluate_tasks,
+    gsm8k_metrics,
+    hellaswag_doc,
+    load_task,
+    run_harness,
+)
+from dpolab.tiny import build_tokenizer, tiny_model
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    """Byte-level BPE with no merges (256 bytes + 4 specials = 260): one token per ASCII character."""
+    return build_tokenizer(vocab_size=260)
+
+
+@pytest.fixture(scope="module")
+def uniform_model(byte_tokenizer):
+    """A tiny Llama whose output head is zero: every next token has probability exactly 1/260."""
+    model = tiny_model("llama", vocab_size=len(byte_tokenizer), hidden_size=16, num_layers=2)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    return model
+
+
+def arc_row(question, texts, key_index):
+    labels = ["A", "B", "C", "D"][: len(texts)]
+    return {"id": question, "question": question, "choices": {"text": texts, "label": labels},
+            "answerKey": labels[key_index]}
+
+
+def test_acc_and_acc_norm_by_hand(tmp_path, byte_tokenizer, uniform_model):
+    # With p = 1/260 per token and one token per character, choice c (continuation " " + c) has
+    #   LL = −(1 + len(c))·log 260.
+    # acc picks the highest LL = the SHORTEST choice (first one on a tie, as numpy's argmax);
+    # acc_norm picks the highest LL/len(c) = −(1 + 1/len(c))·log 260 = the LONGEST choice.
+    rows = [
+        arc_row("q1", ["Paris", "Rome", "Lyon city"], 1),  # gold shortest: acc 1, acc_norm 0
+        arc_row("q2", ["Paris", "Rome", "Lyon city"], 2),  # gold longest:  acc 0, acc_norm 1
+        arc_row("q3", ["Paris", "Rome", "Lyon city"], 0),  # gold middle:   acc 0, acc_norm 0
+        arc_row("q4", ["ab", "abc", "abcd"], 0),           # gold shortest: acc 1, acc_norm 0
+        arc_row("q5", ["red", "blue", "tan"], 0),          # red/tan tie on LL -> first (red): acc 1; acc_norm blue: 0
+    ]
+    path = write_jsonl(tmp_path / "arc.jsonl", rows)
+    result = evaluate_tasks(uniform_model, byte_tokenizer, ["arc"], {"arc": str(path)}, batch_size=4)
+    arc = result["tasks"]["arc"]
+    assert result["kind"] == "tasks"
+    assert arc["n"] == 5
+    assert arc["acc"] == pytest.approx(3 / 5)
+    assert arc["acc_norm"] == pytest.approx(1 / 5)
+    assert [s["acc"] for s in arc["samples"]] == [1, 0, 0, 1, 1]
+    assert [s["acc_norm"] for s in arc["samples"]] == [0, 1, 0, 0, 0]
+    log_v = math.log(260)
+    assert arc["samples"][0]["loglikelihoods"] == pytest.approx([-6 * log_v, -5 * log_v, -10 * log_v], rel=1e-5)
+    # standard error as lm-eval: sample std / sqrt(n); acc values 1,0,0,1,1: mean .6, var .3
+    assert arc["acc_stderr"] == pytest.approx(math.sqrt(0.3 / 5))
+
+
+def test_loglikelihoods_match_a_naive_forward(tmp_path, tokenizer):
+    model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=32, num_layers=2, seed=3)
+    rows = [
+        {"ind": 1, "activity_label": "Fox", "ctx_a": "The quick brown fox", "ctx_b": "jumps",
+         "ctx": "The quick brown fox jumps", "endings": ["over the dog.", "a capital.", "is Paris", "8 apples"],
+         "label": "0", "split": "val"},
+        {"ind": 2, "activity_label": "Math", "ctx_a": "Tom has 3 apples", "ctx_b": "and buys 5 more.",
+         "ctx": "Tom has 3 apples and buys 5 more.", "endings": ["He has 8.", "He has 2 apples now", "Paris."],
+         "label": "1", "split": "val"},
+    ]
+    docs = load_task("hellaswag", write_jsonl(tmp_path / "hs.jsonl", rows))
+    result = evaluate_choices(model, tokenizer, docs, batch_size=3)
+    for doc, sample in zip(docs, result["samples"]):
+        naive = []
+        for choice in doc.choices:
+            ctx, cont = encode_pair(tokenizer, doc.context, " " + choice)
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            naive.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+        assert sample["loglikelihoods"] == pytest.approx(naive, abs=1e-4)
+        expected = choice_metrics(naive, doc.choices, doc.gold)
+        assert (sample["acc"], sample["acc_norm"]) == (expected["acc"], expected["acc_norm"])
+        assert sample["gold"] == doc.gold
+
+
+def test_encode_pair_moves_trailing_space(byte_tokenizer):
+    ctx, cont = encode_pair(byte_tokenizer, "Answer: ", "Paris")
+    assert byte_tokenizer.decode(ctx) == "Answer:" and byte_tokenizer.decode(cont) == " Paris"
+    ctx, cont = encode_pair(byte_tokenizer, "", "Hi")
+    assert ctx == [byte_tokenizer.eos_token_id] and byte_tokenizer.decode(cont) == "Hi"
+    ctx, _ = encode_pair(byte_tokenizer, "Q", " a", add_bos_token=True)
+    assert ctx[0] == byte_tokenizer.bos_token_id
+
+
+def test_hellaswag_schema():
+    doc = hellaswag_doc({"activity_label": "Making a cake", "ctx_a": "She mixes flour [header] and sugar.",
+                         "ctx_b": "then", "endings": [" puts it in the oven [title] Bake it.", "eats"],
+                         "label": "1"}, 7)
+    # lm-eval: preprocess(label + ": " + ctx_a + " " + ctx_b.capitalize()); " [title]" -> ". ", [..] dropped
+    assert doc.context == "Making a cake: She mixes flour and sugar. Then"
+    assert doc.choices == ["puts it in the oven. Bake it.", "eats"]
+    assert doc.gold == 1 and doc.row == 7
+
+
+def test_bad_rows_are_named(tmp_path):
+    path = write_jsonl(tmp_path / "arc.jsonl", [arc_row("q", ["a", "b"], 0), {"question": "q", "choices": {
+        "text": ["a"], "label": ["A"]}, "answerKey": "E"}])
+    with pytest.raises(DpolabError, match=r"arc.jsonl, row 2, field 'answerKey': 'E' is not one of the labels"):
+        load_task("arc", path)
+    path = write_jsonl(tmp_path / "hs.jsonl", [{"ctx": "x", "endings": ["a", "b"], "label": "nine"}])
+    with pytest.raises(DpolabError, match=r"row 1, field 'label'"):
+        load_task("hellaswag", path)
+    with pytest.raises(DpolabError, match="no data for task 'gsm8k'"):
+        evaluate_tasks(None, None, ["gsm8k"], {})
+
+
+def test_gsm8k_scoring():
+    assert cut_at_stop("3 + 5 = 8\n#### 8\n\nQuestion: next one") == "3 + 5 = 8\n#### 8\n\n"
+    m = gsm8k_metrics("so 1,000 apples.\n#### 1,000", "1000")
+    assert m["strict"] == "1000" and m["exact_match"] == 1.0 and m["exact_match_flexible"] == 1.0
+    m = gsm8k_metrics("The answer is 72.", "72")  # no '####': strict misses, flexible finds it
+    assert m["exact_match"] == 0.0 and m["exact_match_flexible"] == 1.0
+    m = gsm8k_metrics("#### 7 apples, not 8", "8")
+    assert m["exact_match"] == 0.0 and m["flexible"] == "8" and m["exact_match_flexible"] == 1.0
+
+
+def test_gsm8k_generation_runs(tmp_path, tokenizer):
+    model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=2)
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", [
+        {"question": "Tom has 3 apples and buys 5 more. How many?", "answer": "3 + 5 = 8\n#### 8"},
+        {"question": "What is 2 + 2?", "answer": "#### 4"},
+    ])
+    docs = load_task("gsm8k", path)
+    assert [d.reference for d in docs] == ["8", "4"]
+    result = evaluate_generation(model, tokenizer, docs, max_new_tokens=6, batch_size=2)
+    assert result["n"] == 2
+    for sample in result["samples"]:
+        assert sample["exact_match"] == float(sample["strict"] == sample["reference"])
+        assert "Question:" not in sample["output"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-evaluation-harness is installed")
+def test_harness_bridge_says_it_is_missing():
+    with pytest.raises(DpolabError, match="lm-evaluation-harness is not installed"):
+        run_harness("some/model", ["arc_challenge"])

@@ -1,0 +1,554 @@
+"""Chunked completion log-probs against the naive full-logits computation.
+
+Part 1 tests `token_logprobs` (the chunked head projection) on odd shapes, values and gradients,
+every dtype and both backward paths. Part 2 tests the target/mask helpers on literal tensors.
+Part 3 tests `layer_logprobs` on tiny models of every supported family: against
+`naive_layer_logprobs`, against the model's ordinary forward, against `hidden_states[k]`, under
+left padding, and in the packed pair layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import dpolab.logprobs as logprobs_module
+from dpolab.collate import PairCollator, batch_targets
+from dpolab.errors import DpolabError
+from dpolab.logprobs import (
+    default_chunk_tokens,
+    layer_logprobs,
+    naive_layer_logprobs,
+    positions_from_attention_mask,
+    segment_attention_mask,
+    targets_from_completion_mask,
+    token_logprobs,
+)
+from dpolab.tiny import TINY_MODEL_TYPES, tiny_model
+
+# ---------------------------------------------------------------------------------------------
+# Part 1: token_logprobs vs naive
+# ---------------------------------------------------------------------------------------------
+
+N, V, D = 37 * 3, 101, 19  # rows, vocabulary, hidden size: odd on purpose
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def naive_token_logprobs(hidden, weight, bias, tokens):
+    """The full `(N, V)` logits, log_softmax, gather: what `token_logprobs` must equal."""
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    return torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+
+
+def _head_inputs(dtype, *, bias: bool, seed: int = 0, n: int = N):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, D, generator=g)
+    weight = 0.3 * torch.randn(V, D, generator=g)
+    b = 0.1 * torch.randn(V, generator=g) if bias else None
+    tokens = torch.randint(0, V, (n,), generator=g)
+    upstream = torch.randn(n, generator=g)  # a non-uniform incoming gradient
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(hidden), cast(weight), cast(b), tokens, upstream
+
+
+# which inputs want gradients: everything; a frozen head (LoRA: hidden only, the backward that
+# keeps softmax·W instead of recomputing); the head only (hidden frozen); a frozen weight with a
+# trainable bias (must take the recomputing backward)
+GRAD_MODES = {
+    "all": (True, True, True),
+    "frozen_head": (True, False, False),
+    "head_only": (False, True, True),
+    "frozen_weight_trainable_bias": (True, False, True),
+}
+
+
+def _run(fn, hidden, weight, bias, tokens, upstream, mode, **kwargs):
+    wants = GRAD_MODES[mode]
+    leaves = [t.detach().clone().requires_grad_(w) if t is not None else None
+              for t, w in zip((hidden, weight, bias), wants)]
+    out = fn(*leaves, tokens, **kwargs)
+    grad_of = [t for t in leaves if t is not None and t.requires_grad]
+    grads = torch.autograd.grad((out * upstream.to(out.dtype)).sum(), grad_of)
+    return out, grads
+
+
+@pytest.mark.parametrize(
+    "bias,mode", [(b, m) for b in (True, False) for m in GRAD_MODES if b or m != "frozen_weight_trainable_bias"]
+)
+@pytest.mark.parametrize("chunk", [1, 7, 37, N, 500])  # 37 and N divide N = 111; 1, 7 and 500 do not
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_token_logprobs_match_naive(dtype, bias, chunk, mode):
+    inputs = _head_inputs(dtype, bias=bias, seed=chunk)
+    out, grads = _run(token_logprobs, *inputs, mode, chunk_tokens=chunk)
+    ref, ref_grads = _run(naive_token_logprobs, *inputs, mode)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == (N,)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    assert len(grads) == len(ref_grads) > 0
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["all", "frozen_head"])
+@pytest.mark.parametrize("chunk", [7, 37])
+def test_token_logprobs_bf16(chunk, mode):
+    """bf16 inputs: as close to the exact (float64) values as the naive bf16 computation is."""
+    h, w, b, tokens, upstream = _head_inputs(torch.bfloat16, bias=True, seed=3)
+    out, grads = _run(token_logprobs, h, w, b, tokens, upstream, mode, chunk_tokens=chunk)
+    exact, exact_grads = _run(naive_token_logprobs, h.double(), w.double(), b.double(), tokens, upstream, mode)
+    naive, naive_grads = _run(naive_token_logprobs, h, w, b, tokens, upstream, mode)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=2e-2, atol=5e-2)
+    err = (out.double() - exact).abs().max()
+    assert err <= 2 * (naive.double() - exact).abs().max() + 1e-3
+    for g, e, n in zip(grads, exact_grads, naive_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.double(), e, rtol=2e-2, atol=5e-2)
+        assert (g.double() - e).abs().max() <= 2 * (n.double() - e).abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("mode", ["all", "frozen_head"])
+def test_token_logprobs_gradcheck(mode):
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=mode == "all")
+    bias = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=mode == "all")
+    tokens = torch.tensor([0, 6, 3, 3, 1])
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: token_logprobs(h, w, b, tokens, chunk_tokens=2), (hidden, weight, bias)
+    )
+
+
+@pytest.mark.parametrize("mode,backward_calls", [("all", 16), ("frozen_head", 0)])
+def test_chunks_bound_the_logits_and_frozen_head_does_not_recompute(monkeypatch, mode, backward_calls):
+    """Never more than `chunk` rows of logits at once; the trainable-head backward recomputes each
+    chunk once (⌈111/7⌉ = 16 chunks), the frozen-head backward recomputes none."""
+    calls: list[int] = []
+    original = logprobs_module._chunk_logits
+
+    def counting(hidden, weight, bias):
+        calls.append(hidden.shape[0])
+        return original(hidden, weight, bias)
+
+    monkeypatch.setattr(logprobs_module, "_chunk_logits", counting)
+    h, w, b, tokens, upstream = _head_inputs(torch.float32, bias=True)
+    wants = GRAD_MODES[mode]
+    leaves = [t.clone().requires_grad_(x) for t, x in zip((h, w, b), wants)]
+    out = token_logprobs(*leaves, tokens, chunk_tokens=7)
+    assert len(calls) == 16 and max(calls) == 7 and sum(calls) == N
+    (out * upstream).sum().backward()
+    assert len(calls) == 16 + backward_calls
+    assert max(calls) == 7
+
+
+def test_token_logprobs_empty_backpropagates_zeros():
+    hidden = torch.randn(0, D, requires_grad=True)
+    weight = torch.randn(V, D, requires_grad=True)
+    out = token_logprobs(hidden, weight, None, torch.zeros(0, dtype=torch.long), chunk_tokens=4)
+    assert out.shape == (0,) and out.dtype == torch.float32
+    out.sum().backward()
+    assert hidden.grad.shape == (0, D)
+    assert torch.equal(weight.grad, torch.zeros(V, D))
+
+
+def test_default_chunk_tokens():
+    # 2**24 elements of logits per chunk: 512 tokens at a 32768 vocabulary, never fewer than 8
+    assert default_chunk_tokens(32768) == 512
+    assert default_chunk_tokens(128 * 1024) == 128
+    assert default_chunk_tokens(2**30) == 8
+    assert default_chunk_tokens(1000, elements=7000) == 8
+    assert default_chunk_tokens(100, elements=7000) == 70
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: targets, positions and the packed-row attention mask, literally
+# ---------------------------------------------------------------------------------------------
+
+
+def test_targets_from_completion_mask_literal():
+    input_ids = torch.tensor([
+        [5, 6, 7, 8, 0],  # completion 7 8: predicted at positions 1, 2
+        [9, 5, 4, 0, 0],  # completion 5 4 (right-padded): positions 5+0, 5+1
+        [0, 0, 3, 4, 5],  # left-padded, completion 4 5: positions 10+2, 10+3
+    ])
+    completion_mask = torch.tensor([
+        [0, 0, 1, 1, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 0, 1, 1],
+    ])
+    t = targets_from_completion_mask(input_ids, completion_mask)
+    assert t.positions.tolist() == [1, 2, 5, 6, 12, 13]
+    assert t.tokens.tolist() == [7, 8, 5, 4, 4, 5]
+    assert t.segments.tolist() == [0, 0, 1, 1, 2, 2]
+    assert t.num_segments == 3
+    assert t.num_tokens().tolist() == [2, 2, 2]
+    # a completion token in column 0 has no predictor: it is not scored
+    t0 = targets_from_completion_mask(torch.tensor([[4, 5]]), torch.tensor([[1, 1]]))
+    assert t0.positions.tolist() == [0] and t0.tokens.tolist() == [5]
+    # a row with no completion still counts as a sequence, with 0 tokens
+    empty = targets_from_completion_mask(torch.tensor([[4, 5], [6, 7]]), torch.tensor([[0, 0], [0, 1]]))
+    assert empty.num_tokens().tolist() == [0, 1]
+
+
+def test_positions_from_attention_mask_literal():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]])
+    assert positions_from_attention_mask(mask).tolist() == [[0, 1, 2, 2], [0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_segment_attention_mask_literal():
+    # one pair, prompt [a b], chosen [c d], rejected [e], one padding slot
+    seg = torch.tensor([[1, 1, 2, 2, 3, 0]])
+    allowed = torch.tensor([
+        # a  b  c  d  e  pad
+        [1, 0, 0, 0, 0, 0],  # a: itself
+        [1, 1, 0, 0, 0, 0],  # b: the prompt up to itself
+        [1, 1, 1, 0, 0, 0],  # c: prompt + itself
+        [1, 1, 1, 1, 0, 0],  # d: prompt + chosen
+        [1, 1, 0, 0, 1, 0],  # e: prompt + itself, not the chosen
+        [0, 0, 0, 0, 0, 1],  # pad: only itself (no all −inf row)
+    ], dtype=torch.bool)
+    mask = segment_attention_mask(seg, torch.float32)
+    assert mask.shape == (1, 1, 6, 6)
+    assert torch.equal(mask[0, 0] == 0, allowed)
+    assert (mask[0, 0][~allowed] == torch.finfo(torch.float32).min).all()
+    # two pairs in one row: pair 2 (segments 4, 5, 6) sees nothing of pair 1
+    seg2 = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    allowed2 = torch.tensor([
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(segment_attention_mask(seg2, torch.bfloat16)[0, 0] == 0, allowed2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 3: layer_logprobs on tiny models of every family
+# ---------------------------------------------------------------------------------------------
+
+VOCAB, BATCH, SEQ, NUM_LAYERS = 101, 3, 37, 4
+LAYERS = (1, 2, NUM_LAYERS)  # two intermediate layers and the final one
+LENGTHS, PROMPTS = (37, 30, 22), (10, 5, 12)  # tokens per row, of which prompt
+
+
+FINAL_NORMS = {"gpt_neox": "gpt_neox.final_layer_norm", "gpt2": "transformer.ln_f"}
+
+
+@functools.cache
+def _model(family: str, **kwargs) -> nn.Module:
+    """Shared across tests: tests take gradients with `torch.autograd.grad`, never `.backward`.
+    Weights drawn with std 0.3 (not 0.02) so that the logits are far from uniform and the layers'
+    log-probs differ clearly."""
+    return tiny_model(family, vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
+                      intermediate_size=24, initializer_range=0.3, seed=1, **kwargs)
+
+
+def _rows(seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _batch(padding: str, rows=None, prompts=PROMPTS) -> dict[str, torch.Tensor]:
+    """`input_ids`, `attention_mask`, `completion_mask` `(3, 37)`, padded on the given side."""
+    rows = rows or _rows()
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), 2)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (r, p) in enumerate(zip(rows, prompts)):
+        start = 0 if padding == "right" else width - len(r)
+        input_ids[i, start : start + len(r)] = torch.tensor(r)
+        attention_mask[i, start : start + len(r)] = 1
+        completion_mask[i, start + p : start + len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def _grads(model, logps, seed=0):
+    """Gradients of a random weighting of `logps` w.r.t. every parameter (None where unused)."""
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad((logps * weights).sum(), params, allow_unused=True)
+
+
+def _assert_grads_close(grads, ref_grads):
+    """Each parameter's gradient to fp32 accuracy: 1e-4 relative, plus 2e-6 of the tensor's largest
+    element absolute (elements near zero are sums of cancelling terms)."""
+    assert len(grads) == len(ref_grads)
+    compared = 0
+    for g, r in zip(grads, ref_grads):
+        if r is None or g is None:
+            # a parameter the naive path does not use may get no gradient or an exact zero
+            other = r if g is None else g
+            assert other is None or not other.any()
+            continue
+        scale = r.abs().max().item()
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6 + 2e-6 * scale)
+        compared += 1
+    assert compared > 0
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("final_norm", [True, False])
+@pytest.mark.parametrize("family", TINY_MODEL_TYPES)
+def test_layer_logprobs_match_naive(family, final_norm, padding):
+    model = _model(family)
+    batch = _batch(padding)
+    out = layer_logprobs(model, batch, LAYERS, final_norm=final_norm, chunk_tokens=7)
+    ref = naive_layer_logprobs(model, batch, LAYERS, final_norm=final_norm)
+    assert out.layers == ref.layers == LAYERS
+    assert out.logps.shape == (3, BATCH)
+    # completion tokens per row: 37 − 10, 30 − 5, 22 − 12
+    assert out.num_tokens.tolist() == ref.num_tokens.tolist() == [27, 25, 10]
+    torch.testing.assert_close(out.logps, ref.logps, rtol=1e-5, atol=1e-5)
+    # the layers differ from each other (a wrong layer index could not pass by accident)
+    assert (out.logps[0] - out.logps[1]).abs().max() > 1e-2
+    _assert_grads_close(_grads(model, out.logps), _grads(model, ref.logps))
+
+
+@pytest.mark.parametrize("family", TINY_MODEL_TYPES)
+def test_final_layer_equals_the_ordinary_forward(family):
+    """Layer L against `model(...).logits` + log_softmax, written out here (no naive helper)."""
+    model = _model(family)
+    batch = _batch("right")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (BATCH, SEQ, VOCAB)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    expected = torch.zeros(BATCH)
+    for b in range(BATCH):
+        for t in range(1, SEQ):
+            if batch["completion_mask"][b, t]:
+                expected[b] += logp[b, t - 1, batch["input_ids"][b, t]]
+    for layers in (None, [NUM_LAYERS]):
+        out = layer_logprobs(model, batch, layers, chunk_tokens=11)
+        assert out.layers == (NUM_LAYERS,)
+        torch.testing.assert_close(out[NUM_LAYERS], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", TINY_MODEL_TYPES)
+def test_intermediate_layer_k_is_hidden_states_k(family):
+    """Layer k is `hidden_states[k]` of `output_hidden_states=True` (0 being the embeddings),
+    through the final norm when asked, then the shared head."""
+    model = _model(family)
+    batch = _batch("right")
+    hidden_states = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    ).hidden_states
+    assert len(hidden_states) == NUM_LAYERS + 1
+    # each family's final norm, by its Hugging Face attribute name
+    norm = operator.attrgetter(FINAL_NORMS.get(family, "model.norm"))(model)
+
+    def by_hand(h):
+        logp = torch.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
+        shifted = logp[:, :-1].gather(2, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        return (shifted * batch["completion_mask"][:, 1:]).sum(-1)
+
+    for final_norm in (False, True):
+        out = layer_logprobs(model, batch, [1, 2, 3], final_norm=final_norm)
+        for k in (1, 2, 3):
+            expected = by_hand(norm(hidden_states[k]) if final_norm else hidden_states[k])
+            torch.testing.assert_close(out[k], expected, rtol=1e-5, atol=1e-5)
+            # not its neighbour (an off-by-one in the numbering would be caught)
+            neighbour = by_hand(norm(hidden_states[k - 1]) if final_norm else hidden_states[k - 1])
+            assert (out[k] - neighbour).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", TINY_MODEL_TYPES)
+def test_left_padding_equals_unpadded(family):
+    """Positions come from the attention mask: a left-padded row scores as the row alone."""
+    model = _model(family)
+    rows = _rows(seed=7)
+    padded = layer_logprobs(model, _batch("left", rows), LAYERS, chunk_tokens=7)
+    for b, (r, p) in enumerate(zip(rows, PROMPTS)):
+        alone = layer_logprobs(model, _batch("left", [r], [p]), LAYERS)
+        assert alone.logps.shape == (3, 1)
+        torch.testing.assert_close(padded.logps[:, b], alone.logps[:, 0], rtol=1e-5, atol=1e-5)
+        assert padded.num_tokens[b] == alone.num_tokens[0] == len(r) - p
+
+
+def _pair_examples(seed: int = 3) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda n: torch.randint(3, VOCAB, (n,), generator=g).tolist()  # noqa: E731
+    return [
+        {"prompt_ids": r(9), "chosen_ids": r(7), "rejected_ids": r(3)},
+        {"prompt_ids": r(4), "chosen_ids": r(2), "rejected_ids": r(12)},
+        {"prompt_ids": r(1), "chosen_ids": r(5), "rejected_ids": r(5)},  # identical lengths
+    ]
+
+
+def _separately(model, examples, layers):
+    """prompt+chosen and prompt+rejected scored as separate one-row batches, naive path."""
+    out = []
+    for e in examples:
+        for completion in (e["chosen_ids"], e["rejected_ids"]):
+            ids = torch.tensor([e["prompt_ids"] + completion])
+            mask = torch.zeros_like(ids)
+            mask[0, len(e["prompt_ids"]):] = 1
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": mask}
+            out.append(naive_layer_logprobs(model, batch, layers).logps[:, 0])
+    return torch.stack(out, dim=1)  # (layers, 2B): c0 r0 c1 r1 ...
+
+
+@pytest.mark.parametrize("family", TINY_MODEL_TYPES)
+def test_packed_pairs_match_separate_sequences(family):
+    model = _model(family)
+    examples = _pair_examples()
+    batch = PairCollator(pad_token_id=2, pad_to_multiple_of=8)(examples)
+    out = layer_logprobs(model, batch, LAYERS, targets=batch_targets(batch), chunk_tokens=5)
+    ref = _separately(model, examples, LAYERS)
+    assert out.logps.shape == ref.shape == (3, 6)
+    assert out.num_tokens.tolist() == [7, 3, 2, 12, 5, 5]
+    torch.testing.assert_close(out.logps, ref, rtol=1e-5, atol=1e-5)
+    _assert_grads_close(_grads(model, out.logps), _grads(model, ref))
+    # without the segment mask (plain causal attention over the row) the rejected completions
+    # would see the chosen ones: their log-probs change, so the mask is what makes the match
+    causal = dict(batch, segment_ids=(batch["segment_ids"] > 0).long())
+    leaky = layer_logprobs(model, causal, LAYERS, targets=batch_targets(batch))
+    torch.testing.assert_close(leaky.logps[:, 0::2], ref[:, 0::2], rtol=1e-5, atol=1e-5)
+    assert (leaky.logps[:, 1::2] - ref[:, 1::2]).abs().max() > 1e-3
+
+
+def test_frozen_head_under_lora_matches_naive():
+    """A peft LoRA model: the head is frozen, so the frozen-head backward runs; LoRA gradients
+    must match the naive computation."""
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model("llama", vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
+                      initializer_range=0.3, seed=2)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            init_lora_weights=False))
+    assert not base.get_output_embeddings().weight.requires_grad
+    batch = _batch("left")
+    out = layer_logprobs(model, batch, LAYERS, chunk_tokens=7)
+    ref = naive_layer_logprobs(model, batch, LAYERS)
+    torch.testing.assert_close(out.logps, ref.logps, rtol=1e-5, atol=1e-5)
+    grads, ref_grads = _grads(model, out.logps), _grads(model, ref.logps)
+    assert len(grads) == 3 * NUM_LAYERS * 2  # lora_A, lora_B of three modules per layer
+    _assert_grads_close(grads, ref_grads)
+
+
+def test_tied_embeddings_gradients_match_naive():
+    """Head weight = input embedding: the head's gradient adds to the embedding's."""
+    model = _model("llama", tie_word_embeddings=True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    batch = _batch("right")
+    out = layer_logprobs(model, batch, LAYERS, chunk_tokens=13)
+    ref = naive_layer_logprobs(model, batch, LAYERS)
+    torch.testing.assert_close(out.logps, ref.logps, rtol=1e-5, atol=1e-5)
+    _assert_grads_close(_grads(model, out.logps), _grads(model, ref.logps))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_keeps_intermediate_gradients(reentrant):
+    """With gradient checkpointing the blocks run inside a checkpoint; the captured intermediate
+    hidden states must still carry gradients (reentrant checkpointing needs `.backward()`)."""
+    model = tiny_model("llama", vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
+                       initializer_range=0.3, seed=4)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.train()  # checkpointing is only active in training mode; the tiny configs have no dropout
+    assert model.is_gradient_checkpointing
+    batch = _batch("left")
+    weights = torch.randn(len(LAYERS), BATCH, generator=torch.Generator().manual_seed(0))
+    names, params = zip(*model.named_parameters())
+
+    def grads_of(logps):
+        (logps * weights).sum().backward()
+        out = [p.grad.clone() if p.grad is not None else None for p in params]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    out = layer_logprobs(model, batch, LAYERS, chunk_tokens=7)
+    ref = naive_layer_logprobs(model, batch, LAYERS)
+    torch.testing.assert_close(out.logps, ref.logps, rtol=1e-5, atol=1e-5)
+    grads, ref_grads = grads_of(out.logps), grads_of(ref.logps)
+    # the first block gets gradient (from layer 1's log-probs among others)
+    assert grads[names.index("model.layers.0.mlp.down_proj.weight")].abs().max() > 0
+    _assert_grads_close(grads, ref_grads)
+
+
+def test_empty_targets_backpropagate_zeros():
+    model = _model("llama")
+    batch = _batch("right")
+    batch["completion_mask"] = torch.zeros_like(batch["completion_mask"])
+    out = layer_logprobs(model, batch, LAYERS)
+    assert torch.equal(out.logps, torch.zeros(3, BATCH))
+    assert out.num_tokens.tolist() == [0, 0, 0]
+    assert torch.equal(out.averaged(NUM_LAYERS), torch.zeros(BATCH))
+    for g in _grads(model, out.logps):
+        assert g is None or not g.any()
+    # one row without completion among others: its sum is 0, the others are unaffected
+    batch = _batch("right")
+    batch["completion_mask"][1] = 0
+    out = layer_logprobs(model, batch, LAYERS)
+    ref = naive_layer_logprobs(model, batch, LAYERS)
+    assert out.num_tokens.tolist() == [27, 0, 10]
+    assert torch.equal(out.logps[:, 1], torch.zeros(3))
+    torch.testing.assert_close(out.logps, ref.logps, rtol=1e-5, atol=1e-5)
+
+
+def test_averaged_is_per_token_mean():
+    model = _model("qwen2")
+    batch = _batch("right")
+    out = layer_logprobs(model, batch, LAYERS)
+    torch.testing.assert_close(out.averaged(2), out[2] / torch.tensor([27.0, 25.0, 10.0]))
+
+
+def test_layer_numbers_are_validated():
+    model = _model("gpt2")
+    batch = _batch("right")
+    for bad in (0, NUM_LAYERS + 1, -1):
+        with pytest.raises(ValueError, match=rf"layer {bad} is outside 1..{NUM_LAYERS}"):
+            layer_logprobs(model, batch, [bad])
+
+
+def test_model_is_left_as_it_was():
+    """The head's forward and the block hooks are only replaced/installed for the call, also when
+    the call fails. (Transformers installs hooks of its own on the first `output_hidden_states`
+    call, so the test compares the hooks before and after, rather than expecting none.)"""
+    model = tiny_model("mistral", vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2)
+    batch = _batch("right")
+    head = model.get_output_embeddings()
+
+    def hooks():
+        return [list(block._forward_hooks) for block in model.model.layers]
+
+    before = hooks()
+    layer_logprobs(model, batch, LAYERS)
+    assert "forward" not in head.__dict__
+    assert hooks() == before
+    with pytest.raises(KeyError):  # no attention_mask: fails inside, after the set-up
+        layer_logprobs(model, {"input_ids": batch["input_ids"], "completion_mask": batch["completion_mask"]})
+    assert "forward" not in head.__dict__
+    assert hooks() == before
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (BATCH, SEQ, VOCAB)
+
+
+class FooForCausalLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(model_type="foo")
+        self.lm_head = nn.Linear(4, 5)
+
+
+def test_unknown_architecture_names_the_model_class():
+    from transformers import BertConfig, BertLMHeadModel
+
+    bert = BertLMHeadModel(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, is_decoder=True))
+    batch = _batch("right")
+    with pytest.raises(DpolabError, match="BertLMHeadModel"):
+        layer_logprobs(bert, batch)
+    with pytest.raises(DpolabError, match="FooForCausalLM"):
+        layer_logprobs(FooForCausalLM(), batch)
