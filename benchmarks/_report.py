@@ -225,6 +225,8 @@ def report(info: dict, results: dict) -> str:
     rows = summarise(results, peak, info["tokens_per_pair"])
     shape = info["shape"]
     tokens = info["tokens_per_pair"]
+    loads = [r[key][0] for runs in results.values() for rs in runs.values() for r in rs
+             for key in ("loadavg_start", "loadavg_end")]
     text = "\n".join([
         f"- command: `{info['command']}`",
         f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores ({threads_text(info)})"
@@ -240,7 +242,8 @@ def report(info: dict, results: dict) -> str:
                         "peak resident set of the process (VmHWM)") + "; over imports: minus the resident set "
         "after the imports",
         f"- matmul peak (best square product measured in the runs): {peak:.1f} GFLOP/s; load average "
-        f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end",
+        f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end, "
+        f"{min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs",
         "",
         table(rows),
         "",
