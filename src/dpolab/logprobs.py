@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +58,45 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return logits.to(_accumulation_dtype(logits.dtype))
 
 
+def _gather_dtensor(param: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2 (`DTensor`) parameter as a full tensor, differentiably; anything else as it is."""
+    if param is None or not torch.distributed.is_available():
+        return param
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+@contextmanager
+def _full_head(weight: torch.Tensor, bias: torch.Tensor | None):
+    """The head's weight and bias gathered where DeepSpeed ZeRO-3 has partitioned them.
+
+    Inside the head module's forward (where dpolab computes log-probs) ZeRO-3 has gathered them
+    already, and its pre-backward hook gathers them again for the backward; this covers a call
+    from anywhere else, as TRL's `maybe_gather_lm_head_ctx` does."""
+    partitioned = [p for p in (weight, bias) if p is not None and _zero3_partitioned(p)]
+    if not partitioned:
+        yield weight, bias
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned):
+        yield weight, bias
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes products in on this device type, or None where it is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:  # a device type autocast does not know
+        return None
+
+
+def _zero3_partitioned(param: torch.Tensor) -> bool:
+    status = getattr(param, "ds_status", None)
+    return status is not None and status.name != "AVAILABLE"
+
+
 class _ChunkedTokenLogprobs(torch.autograd.Function):
     """log softmax(h W^T + b)[target] for each row, `chunk` rows at a time.
 
@@ -65,6 +104,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     (one chunk alive at a time) to form d logp / d logits = onehot(target) − softmax. When the head
     is frozen (LoRA), forward instead keeps the expected output embedding softmax·W of each row,
     `(N, d)`, so that backward needs no recomputation: d logp / d h = W[target] − softmax·W.
+
+    The softmax is taken in place in each chunk's logits: one `(chunk, V)` tensor alive at a time.
     """
 
     @staticmethod
@@ -77,19 +118,25 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             bias is not None and ctx.needs_input_grad[2]
         )
         expected = torch.empty_like(hidden) if keep_expected else None
-        for start in range(0, n_rows, chunk):
-            end = min(start + chunk, n_rows)
-            logits = _chunk_logits(hidden[start:end], weight, bias)
-            chunk_lse = torch.logsumexp(logits, dim=-1)
-            out[start:end] = logits.gather(1, tokens[start:end, None]).squeeze(1) - chunk_lse
-            lse[start:end] = chunk_lse
-            if keep_expected:
-                logits.sub_(chunk_lse[:, None]).exp_()  # the softmax, in place (no second name for it,
-                # which would keep this chunk alive while the next one is computed)
-                expected[start:end] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits
+        with _full_head(weight, bias) as (full_weight, full_bias):
+            for start in range(0, n_rows, chunk):
+                end = min(start + chunk, n_rows)
+                logits = _chunk_logits(hidden[start:end], full_weight, full_bias)
+                target = logits.gather(1, tokens[start:end, None]).squeeze(1)
+                top = logits.amax(dim=1, keepdim=True)
+                sums = logits.sub_(top).exp_().sum(dim=1)  # the chunk now holds exp(logits − max)
+                chunk_lse = top.squeeze(1) + sums.log()
+                out[start:end] = target - chunk_lse
+                lse[start:end] = chunk_lse
+                if keep_expected:  # softmax·W = (exp(logits − max)·W) / sum
+                    mixed = logits.to(full_weight.dtype) @ full_weight
+                    expected[start:end] = (mixed / sums[:, None].to(mixed.dtype)).to(hidden.dtype)
+                del logits  # before the next chunk's product, or two chunks would be alive at once
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
+        # the backward's recomputation must round the logits as this forward did (under autocast, the
+        # product is taken in the autocast dtype; backward would otherwise run outside autocast)
+        ctx.autocast_dtype = _autocast_dtype(hidden.device.type)
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), tokens, lse,
                               expected if keep_expected else hidden.new_empty(0))
         ctx.keep_expected = keep_expected
@@ -102,29 +149,36 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = _accumulation_dtype(hidden.dtype)
         grad_out = grad_out.to(acc)
-        if ctx.keep_expected:
-            grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
-            return grad_hidden, None, None, None, None
+        autocast = (torch.autocast(hidden.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype is not None
+                    else nullcontext())
+        with _full_head(weight, bias) as (weight, bias), autocast:
+            if ctx.keep_expected:
+                grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
+                return grad_hidden, None, None, None, None
 
-        grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-        n_rows = hidden.shape[0]
-        rows = torch.arange(ctx.chunk, device=hidden.device)
-        for start in range(0, n_rows, ctx.chunk):
-            end = min(start + ctx.chunk, n_rows)
-            g = grad_out[start:end]
-            # d logp/d logits = onehot(target) − softmax; times the incoming gradient g, row by row
-            grad_logits = _chunk_logits(hidden[start:end], weight, bias)
-            grad_logits.sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
-            grad_logits[rows[: end - start], tokens[start:end]] += g
-            if need_h:
-                grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_w:
-                grad_weight.addmm_(grad_logits.t(), hidden[start:end].to(acc))
-            if need_b:
-                grad_bias += grad_logits.sum(dim=0)
-            del grad_logits
+            n_rows, vocab = hidden.shape[0], weight.shape[0]
+            grad_hidden = torch.empty_like(hidden) if need_h else None
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            grad_bias = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b else None
+            rows = torch.arange(ctx.chunk, device=hidden.device)
+            for start in range(0, n_rows, ctx.chunk):
+                end = min(start + ctx.chunk, n_rows)
+                g = grad_out[start:end]
+                h = hidden[start:end]
+                # d logp/d logits = onehot(target) − softmax; times the incoming gradient g, row by row
+                grad_logits = _chunk_logits(h, weight, bias)
+                grad_logits.sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
+                grad_logits[rows[: end - start], tokens[start:end]] += g
+                if need_h:
+                    if grad_hidden.dtype == acc and weight.dtype == acc:
+                        torch.mm(grad_logits, weight, out=grad_hidden[start:end])
+                    else:
+                        grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_weight.addmm_(grad_logits.t(), h.to(acc))
+                if need_b:
+                    grad_bias += grad_logits.sum(dim=0)
+                del grad_logits
         return (
             grad_hidden,
             grad_weight.to(weight.dtype) if need_w else None,
@@ -156,6 +210,7 @@ def token_logprobs(
         torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
     """
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0])
+    weight, bias = _gather_dtensor(weight), _gather_dtensor(bias)  # FSDP2: the full head, differentiably
     if hidden.shape[0] == 0:
         # keep the result connected to the graph, so that an empty batch still back-propagates zeros
         return hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
@@ -179,8 +234,11 @@ class TokenTargets:
     num_segments: int
 
     def num_tokens(self) -> torch.Tensor:
-        """`(num_segments,)` number of scored tokens of each sequence."""
-        return torch.bincount(self.segments, minlength=self.num_segments)
+        """`(num_segments,)` number of scored tokens of each sequence (a scatter, not `bincount`,
+        which reads the largest id back to the host on a GPU)."""
+        ones = torch.ones_like(self.segments)
+        return torch.zeros(self.num_segments, dtype=torch.long, device=self.segments.device).index_add_(
+            0, self.segments, ones)
 
 
 def targets_from_completion_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor) -> TokenTargets:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from dpolab.config import RunConfig
+from dpolab.errors import DpolabError
 from dpolab.reference import (
     AdapterDisabledReference,
     ModelReference,
@@ -21,9 +22,28 @@ from dpolab.reference import (
 log = logging.getLogger("dpolab")
 
 
+def check_sharding(config: RunConfig) -> None:
+    """Under DeepSpeed ZeRO-3 every model dpolab loads is partitioned as it loads, and only the
+    policy runs inside DeepSpeed's engine (which gathers the parts): a frozen reference copy, or a
+    precomputation before training starts, would run on empty weights. Say so before loading."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    if config.model.lora is None or config.model.ref_name_or_path is not None or config.reference.precompute:
+        raise DpolabError(
+            "under DeepSpeed ZeRO-3 dpolab supports only LoRA with the live reference (model.lora set, no "
+            "model.ref_name_or_path, reference.precompute false): a frozen reference copy or a precomputation "
+            "would run outside DeepSpeed's engine on partitioned weights; use ZeRO-2 or FSDP "
+            "(examples/accelerate/fsdp.yaml) for full fine-tuning"
+        )
+
+
 def build_reference(config: RunConfig, policy, layers, prepared, collator, args):
     """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
-    to every train/eval pair (from the cache when it holds them) and frees the reference model."""
+    to every train/eval pair (from the cache when it holds them) and frees the reference model.
+    When the reference is the policy's starting weights (no `ref_name_or_path`), the policy itself
+    computes them before training starts: no second copy is loaded."""
     from dpolab.models import load_frozen_reference
 
     section = config.model
@@ -39,7 +59,7 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
     ref_path = section.ref_name_or_path or section.name_or_path
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
-    for name, pairs in (("train", prepared.train), ("eval", prepared.eval)):
+    for pairs in (prepared.train, prepared.eval):
         if not pairs:
             continue
         key = cache_key(model=model_fingerprint(ref_path), pairs=pairs, layers=layers, final_norm=final_norm,
@@ -47,19 +67,30 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
 
         def compute(pairs=pairs):
             if adapters:
-                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy.to(args.device)
+                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy
+            elif section.ref_name_or_path is None:
+                # the reference is the policy's starting weights, and no step has been taken yet:
+                # the policy itself serves, with no second copy in memory
+                reference, owner = ModelReference(policy, layers, final_norm=final_norm), None
             else:
-                reference, owner = ModelReference(load_frozen_reference(section), layers,
-                                                  final_norm=final_norm).to(args.device), None
-            values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
-                                             device=args.device, policy=owner)
+                reference, owner = ModelReference(load_frozen_reference(section), layers, final_norm=final_norm), None
+            if adapters or section.ref_name_or_path is None:
+                policy.to(args.device)
+            else:
+                reference.to(args.device)
+            training = policy.training
+            policy.eval()  # no dropout in the reference's log-probs
+            try:
+                values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
+                                                 device=args.device, policy=owner)
+            finally:
+                policy.train(training)
             del reference
             gc.collect()
             return values
 
-        # the main process computes and caches; the others wait, then read the same cache
-        with args.main_process_first(desc=f"reference log-probs ({name})"):
-            values = cached_reference_logps(key, cache_dir, compute)
+        # every process computes a share of the batches (dpolab.reference); the first caches them
+        values = cached_reference_logps(key, cache_dir, compute)
         if values.shape[0] != len(pairs):
             raise RuntimeError(f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}")
         for pair, row in zip(pairs, values.tolist()):

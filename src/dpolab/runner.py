@@ -7,6 +7,7 @@ config and layer numbers, tokenizer, every data row) is checked before a model l
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,8 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
     values = {**TRAINING_DEFAULTS, **config.training}
     values.pop("resume_from_checkpoint", None)
     values["remove_unused_columns"] = False
+    # every trainable parameter takes part in every step: spare DDP its search for unused ones
+    values.setdefault("ddp_find_unused_parameters", False)
     if has_eval and "eval_strategy" not in config.training:
         values["eval_strategy"] = "steps"
         values.setdefault("eval_steps", values.get("logging_steps"))
@@ -146,9 +149,12 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     from dpolab.collate import PairCollator, SequenceCollator
     from dpolab.models import count_parameters, load_policy, load_tokenizer, model_num_layers
     from dpolab.objective import PreferenceObjective, SFTObjective
-    from dpolab.reference_setup import build_reference
+    from dpolab.reference_setup import build_reference, check_sharding
     from dpolab.trainer import DpolabTrainer
 
+    first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
+    if not first_process:
+        log.setLevel(logging.WARNING)  # the first process reports for all
     section = config.model
     num_layers = model_num_layers(section.name_or_path, trust_remote_code=section.trust_remote_code)
     if not sft:
@@ -157,13 +163,16 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     prepared = prepare_data(config, tokenizer, sft=sft)
     has_eval = prepared.eval is not None
     args = training_arguments(config, has_eval=has_eval)
+    if not sft:
+        check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
     resume = _resume_target(config)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output_dir / "config.yaml")
+    if first_process:
+        dump_config(config, output_dir / "config.yaml")
     for report in prepared.reports:
         log.warning("%s", report.summary())
-    if prepared.reports:
+    if prepared.reports and first_process:
         write_json_atomic(output_dir / "bad_rows.json", [r.to_dict() for r in prepared.reports])
     if prepared.truncated_prompts or prepared.truncated_completions:
         log.info("truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",

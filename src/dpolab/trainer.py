@@ -82,7 +82,8 @@ class DpolabTrainer(Trainer):
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
         bad = ~torch.isfinite(loss.detach())
-        step = torch.tensor(self.state.global_step + 1, device=loss.device)
+        # torch.full fills on the device; torch.tensor(...) would copy from the host and wait for it
+        step = torch.full((), self.state.global_step + 1, dtype=self.nonfinite_step.dtype, device=loss.device)
         current = self.nonfinite_step.to(loss.device)
         self.nonfinite_step = torch.where(bad & (current < 0), step, current)
 
