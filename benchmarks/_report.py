@@ -51,7 +51,8 @@ def figures(record: dict, tokens: dict[str, float], peak_gflops: float) -> dict:
     return {
         "pairs_per_s": pairs_per_s,
         "peak_rss_mib": peak,
-        "peak_rss_over_imports_mib": peak - (0.0 if "peak_cuda_train_mib" in record else record["rss_imports_mib"]),
+        "peak_rss_over_imports_mib": peak
+        - (0.0 if "peak_cuda_train_mib" in record else record["rss_imports_mib"]),
         "peak_rss_train_mib": record["peak_rss_train_mib"],
         "mfu": pairs_per_s * model_flops_per_pair(record, tokens) / (peak_gflops * 1e9),
         # pairs/s per GFLOP/s of matmul speed measured at this run's start and end: corrects for the load
@@ -61,7 +62,9 @@ def figures(record: dict, tokens: dict[str, float], peak_gflops: float) -> dict:
 
 
 def run_peak_gflops(record: dict) -> float:
-    return (record["matmul_peak_gflops"] + record.get("matmul_peak_end_gflops", record["matmul_peak_gflops"])) / 2
+    return (
+        record["matmul_peak_gflops"] + record.get("matmul_peak_end_gflops", record["matmul_peak_gflops"])
+    ) / 2
 
 
 def _logged(record: dict, key: str) -> dict[int, float]:
@@ -112,9 +115,17 @@ def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
         per_impl = {}
         for key, records in runs.items():
             figs = [figures(r, tokens[regime], peak_gflops) for r in records]
-            per_impl[key] = {name: median([f[name] for f in figs]) for name in
-                             ("pairs_per_s", "peak_rss_mib", "peak_rss_over_imports_mib", "peak_rss_train_mib", "mfu",
-                              "pairs_per_s_own")}
+            per_impl[key] = {
+                name: median([f[name] for f in figs])
+                for name in (
+                    "pairs_per_s",
+                    "peak_rss_mib",
+                    "peak_rss_over_imports_mib",
+                    "peak_rss_train_mib",
+                    "mfu",
+                    "pairs_per_s_own",
+                )
+            }
             per_impl[key]["repeats"] = len(figs)
             per_impl[key]["loadavg"] = [f["loadavg"] for f in figs]
         row = {"impl": per_impl}
@@ -123,20 +134,27 @@ def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
             row["speed_ratio"] = ours["pairs_per_s"] / theirs["pairs_per_s"]
             row["speed_ratio_load_corrected"] = ours["pairs_per_s_own"] / theirs["pairs_per_s_own"]
             row["memory_ratio"] = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
-            row["memory_increment_ratio"] = ours["peak_rss_over_imports_mib"] / theirs["peak_rss_over_imports_mib"]
+            row["memory_increment_ratio"] = (
+                ours["peak_rss_over_imports_mib"] / theirs["peak_rss_over_imports_mib"]
+            )
             pairs = list(zip(runs["dpolab/dpo"], runs["trl/dpo"]))
             row["loss_difference_first_steps"] = max(loss_difference(a, b, steps=(1, 2)) for a, b in pairs)
             row["max_loss_difference"] = max(loss_difference(a, b) for a, b in pairs)
             row["logps_difference"] = max(logps_difference(a, b) for a, b in pairs)
             # the trainable parameters' sums at the start (LoRA: the random adapters) must agree
-            row["start_difference"] = max(abs(a["start_checksum"]["abs_sum"] - b["start_checksum"]["abs_sum"])
-                                          / b["start_checksum"]["abs_sum"] for a, b in pairs)
+            row["start_difference"] = max(
+                abs(a["start_checksum"]["abs_sum"] - b["start_checksum"]["abs_sum"])
+                / b["start_checksum"]["abs_sum"]
+                for a, b in pairs
+            )
         idpo = per_impl.get("dpolab/idpo")
         if ours and idpo:
             row["idpo_time_ratio"] = ours["pairs_per_s"] / idpo["pairs_per_s"]
             row["idpo_time_ratio_load_corrected"] = ours["pairs_per_s_own"] / idpo["pairs_per_s_own"]
             # model FLOPs per pair grow with the extra head projections: the ratio they predict
-            row["idpo_flops_ratio"] = (idpo["mfu"] / idpo["pairs_per_s"]) / (ours["mfu"] / ours["pairs_per_s"])
+            row["idpo_flops_ratio"] = (idpo["mfu"] / idpo["pairs_per_s"]) / (
+                ours["mfu"] / ours["pairs_per_s"]
+            )
             row["idpo_memory_ratio"] = idpo["peak_rss_mib"] / ours["peak_rss_mib"]
         rows[case_name] = row
     return rows
@@ -151,50 +169,93 @@ def verdicts(rows: dict) -> list[str]:
 
     for regime, speed in (("dialogue", 2.0), ("answer", 1.3)):
         row = rows.get(f"{regime}/full/live", {})
-        check(f"{regime} full live speed ≥ {speed}×", row.get("speed_ratio"), lambda v, s=speed: v >= s, "{:.2f}×")
-        check(f"{regime} full live peak memory ≤ 0.5×", row.get("memory_ratio"), lambda v: v <= 0.5, "{:.2f}×")
+        check(
+            f"{regime} full live speed ≥ {speed}×",
+            row.get("speed_ratio"),
+            lambda v, s=speed: v >= s,
+            "{:.2f}×",
+        )
+        check(
+            f"{regime} full live peak memory ≤ 0.5×", row.get("memory_ratio"), lambda v: v <= 0.5, "{:.2f}×"
+        )
         row = rows.get(f"{regime}/full/precomputed", {})
-        check(f"{regime} full precomputed speed ≥ 1.3×", row.get("speed_ratio"), lambda v: v >= 1.3, "{:.2f}×")
+        check(
+            f"{regime} full precomputed speed ≥ 1.3×", row.get("speed_ratio"), lambda v: v >= 1.3, "{:.2f}×"
+        )
     for name, row in rows.items():
-        check(f"{name} intermediate DPO time ≤ 1.15×", row.get("idpo_time_ratio"), lambda v: v <= 1.15, "{:.2f}×")
-        check(f"{name} intermediate DPO memory ≤ 1.1×", row.get("idpo_memory_ratio"), lambda v: v <= 1.1, "{:.2f}×")
-        check(f"{name} losses agree to 1e-4 (steps 1-2)", row.get("loss_difference_first_steps"),
-              lambda v: v <= 1e-4, "max |Δloss| {:.1e}")
-        check(f"{name} step-1 log-probs agree to 1e-5 (relative)", row.get("logps_difference"),
-              lambda v: v <= 1e-5, "{:.1e}")
-        check(f"{name} same trainable weights at the start", row.get("start_difference"),
-              lambda v: v <= 1e-9, "relative difference of their sums {:.0e}")
-    mfus = [impl["mfu"] for row in rows.values() for key, impl in row["impl"].items() if key.startswith("dpolab")]
+        check(
+            f"{name} intermediate DPO time ≤ 1.15×",
+            row.get("idpo_time_ratio"),
+            lambda v: v <= 1.15,
+            "{:.2f}×",
+        )
+        check(
+            f"{name} intermediate DPO memory ≤ 1.1×",
+            row.get("idpo_memory_ratio"),
+            lambda v: v <= 1.1,
+            "{:.2f}×",
+        )
+        check(
+            f"{name} losses agree to 1e-4 (steps 1-2)",
+            row.get("loss_difference_first_steps"),
+            lambda v: v <= 1e-4,
+            "max |Δloss| {:.1e}",
+        )
+        check(
+            f"{name} step-1 log-probs agree to 1e-5 (relative)",
+            row.get("logps_difference"),
+            lambda v: v <= 1e-5,
+            "{:.1e}",
+        )
+        check(
+            f"{name} same trainable weights at the start",
+            row.get("start_difference"),
+            lambda v: v <= 1e-9,
+            "relative difference of their sums {:.0e}",
+        )
+    mfus = [
+        impl["mfu"] for row in rows.values() for key, impl in row["impl"].items() if key.startswith("dpolab")
+    ]
     if mfus:
         check("dpolab MFU ≥ 40 %", max(mfus), lambda v: v >= 0.4, "best {:.0%}")
     return out
 
 
 def table(rows: dict) -> str:
-    lines = ["| case | dpolab pairs/s | TRL pairs/s | speed × | (load-corrected) | dpolab peak memory MiB "
-             "| TRL peak memory MiB | memory × | memory over imports × | MFU dpolab | MFU TRL "
-             "| Δloss steps 1–2 (all) | Δlogps step 1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | dpolab pairs/s | TRL pairs/s | speed × | (load-corrected) | dpolab peak memory MiB "
+        "| TRL peak memory MiB | memory × | memory over imports × | MFU dpolab | MFU TRL "
+        "| Δloss steps 1–2 (all) | Δlogps step 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in rows.items():
         ours, theirs = row["impl"].get("dpolab/dpo"), row["impl"].get("trl/dpo")
         if not (ours and theirs):
             continue
-        lines.append(f"| {name} | {ours['pairs_per_s']:.3f} | {theirs['pairs_per_s']:.3f} | **{row['speed_ratio']:.2f}** "
-                     f"| ({row['speed_ratio_load_corrected']:.2f}) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | **{row['memory_ratio']:.2f}** "
-                     f"| {row['memory_increment_ratio']:.2f} | {ours['mfu']:.1%} | {theirs['mfu']:.1%} "
-                     f"| {row['loss_difference_first_steps']:.0e} ({row['max_loss_difference']:.0e}) "
-                     f"| {row['logps_difference']:.0e} |")
+        lines.append(
+            f"| {name} | {ours['pairs_per_s']:.3f} | {theirs['pairs_per_s']:.3f} | **{row['speed_ratio']:.2f}** "
+            f"| ({row['speed_ratio_load_corrected']:.2f}) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | **{row['memory_ratio']:.2f}** "
+            f"| {row['memory_increment_ratio']:.2f} | {ours['mfu']:.1%} | {theirs['mfu']:.1%} "
+            f"| {row['loss_difference_first_steps']:.0e} ({row['max_loss_difference']:.0e}) "
+            f"| {row['logps_difference']:.0e} |"
+        )
     idpo = [(n, r) for n, r in rows.items() if "idpo_time_ratio" in r]
     if idpo:
-        lines += ["", "| case | DPO pairs/s | intermediate DPO pairs/s | time × | (load-corrected) "
-                  "| model FLOPs × | MFU DPO | MFU intermediate | DPO peak memory MiB "
-                  "| intermediate DPO peak memory MiB | memory × |", "|---" * 11 + "|"]
+        lines += [
+            "",
+            "| case | DPO pairs/s | intermediate DPO pairs/s | time × | (load-corrected) "
+            "| model FLOPs × | MFU DPO | MFU intermediate | DPO peak memory MiB "
+            "| intermediate DPO peak memory MiB | memory × |",
+            "|---" * 11 + "|",
+        ]
         for name, row in idpo:
             ours, mid = row["impl"]["dpolab/dpo"], row["impl"]["dpolab/idpo"]
-            lines.append(f"| {name} | {ours['pairs_per_s']:.3f} | {mid['pairs_per_s']:.3f} "
-                         f"| **{row['idpo_time_ratio']:.2f}** | ({row['idpo_time_ratio_load_corrected']:.2f}) "
-                         f"| {row['idpo_flops_ratio']:.2f} | {ours['mfu']:.1%} | {mid['mfu']:.1%} "
-                         f"| {ours['peak_rss_mib']:.0f} | {mid['peak_rss_mib']:.0f} | **{row['idpo_memory_ratio']:.2f}** |")
+            lines.append(
+                f"| {name} | {ours['pairs_per_s']:.3f} | {mid['pairs_per_s']:.3f} "
+                f"| **{row['idpo_time_ratio']:.2f}** | ({row['idpo_time_ratio_load_corrected']:.2f}) "
+                f"| {row['idpo_flops_ratio']:.2f} | {ours['mfu']:.1%} | {mid['mfu']:.1%} "
+                f"| {ours['peak_rss_mib']:.0f} | {mid['peak_rss_mib']:.0f} | **{row['idpo_memory_ratio']:.2f}** |"
+            )
     return "\n".join(lines)
 
 
@@ -220,57 +281,85 @@ def profile_table(results: dict) -> str:
 
 def report(info: dict, results: dict) -> str:
     """The machine, the table and the targets, as Markdown (also printed)."""
-    peak = max(max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
-               for runs in results.values() for rs in runs.values() for r in rs)
+    peak = max(
+        max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
+        for runs in results.values()
+        for rs in runs.values()
+        for r in rs
+    )
     rows = summarise(results, peak, info["tokens_per_pair"])
     shape = info["shape"]
     tokens = info["tokens_per_pair"]
-    loads = [r[key][0] for runs in results.values() for rs in runs.values() for r in rs
-             for key in ("loadavg_start", "loadavg_end")]
-    text = "\n".join([
-        f"- command: `{info['command']}`",
-        f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores ({threads_text(info)})"
-        + (f", {info['gpu']}" if info.get("gpu") else "")
-        + f"; torch {info['torch']}, transformers {info['transformers']}, TRL {info['trl']}",
-        f"- model: Llama, vocabulary {shape['vocab']}, hidden {shape['hidden']}, {shape['layers']} layers, "
-        f"{shape.get('heads', '?')} heads, MLP {shape.get('intermediate', '?')}, {info['dtype']}; batch "
-        f"{info['batch']} pairs; {info['steps'] - 1} timed steps (after one untimed) × {info['repeats']} repeats, "
-        f"medians",
-        "- useful tokens per pair, all (completion positions): "
-        + ", ".join(f"{k} {v['all']:.0f} ({v['completion']:.0f})" for k, v in tokens.items()),
-        "- memory: " + ("peak CUDA memory allocated by torch" if info.get("gpu") else
-                        "peak resident set of the process (VmHWM)") + "; over imports: minus the resident set "
-        "after the imports",
-        f"- matmul peak (best square product measured in the runs): {peak:.1f} GFLOP/s; load average "
-        f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end, "
-        f"{min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs",
-        "",
-        table(rows),
-        "",
-        "Targets:",
-        "",
-        "\n".join(f"    {line}" for line in verdicts(rows)),
-    ])
+    loads = [
+        r[key][0]
+        for runs in results.values()
+        for rs in runs.values()
+        for r in rs
+        for key in ("loadavg_start", "loadavg_end")
+    ]
+    text = "\n".join(
+        [
+            f"- command: `{info['command']}`",
+            f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores ({threads_text(info)})"
+            + (f", {info['gpu']}" if info.get("gpu") else "")
+            + f"; torch {info['torch']}, transformers {info['transformers']}, TRL {info['trl']}",
+            f"- model: Llama, vocabulary {shape['vocab']}, hidden {shape['hidden']}, {shape['layers']} layers, "
+            f"{shape.get('heads', '?')} heads, MLP {shape.get('intermediate', '?')}, {info['dtype']}; batch "
+            f"{info['batch']} pairs; {info['steps'] - 1} timed steps (after one untimed) × {info['repeats']} repeats, "
+            f"medians",
+            "- useful tokens per pair, all (completion positions): "
+            + ", ".join(f"{k} {v['all']:.0f} ({v['completion']:.0f})" for k, v in tokens.items()),
+            "- memory: "
+            + (
+                "peak CUDA memory allocated by torch"
+                if info.get("gpu")
+                else "peak resident set of the process (VmHWM)"
+            )
+            + "; over imports: minus the resident set "
+            "after the imports",
+            f"- matmul peak (best square product measured in the runs): {peak:.1f} GFLOP/s; load average "
+            f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end, "
+            f"{min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs",
+            "",
+            table(rows),
+            "",
+            "Targets:",
+            "",
+            "\n".join(f"    {line}" for line in verdicts(rows)),
+        ]
+    )
     print("\n" + text)
     return text
 
 
 def ratios(info: dict, results: dict) -> str:
     """The short table the README quotes: dpolab / TRL, and intermediate DPO / plain DPO."""
-    peak = max(max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
-               for runs in results.values() for rs in runs.values() for r in rs)
+    peak = max(
+        max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
+        for runs in results.values()
+        for rs in runs.values()
+        for r in rs
+    )
     rows = summarise(results, peak, info["tokens_per_pair"])
-    lines = ["| case (regime/tuning/reference) | pairs/s, dpolab ÷ TRL | peak memory, dpolab ÷ TRL "
-             "| intermediate DPO ÷ plain DPO, time / memory |", "|---|---|---|---|"]
+    lines = [
+        "| case (regime/tuning/reference) | pairs/s, dpolab ÷ TRL | peak memory, dpolab ÷ TRL "
+        "| intermediate DPO ÷ plain DPO, time / memory |",
+        "|---|---|---|---|",
+    ]
     for name, row in rows.items():
         speed = f"{row['speed_ratio']:.2f}×" if "speed_ratio" in row else ""
         memory = f"{row['memory_ratio']:.2f}×" if "memory_ratio" in row else ""
-        idpo = (f"{row['idpo_time_ratio']:.2f}× / {row['idpo_memory_ratio']:.2f}×"
-                if "idpo_time_ratio" in row else "")
+        idpo = (
+            f"{row['idpo_time_ratio']:.2f}× / {row['idpo_memory_ratio']:.2f}×"
+            if "idpo_time_ratio" in row
+            else ""
+        )
         lines.append(f"| {name} | {speed} | {memory} | {idpo} |")
-    return (f"{info['date'][:10]}, {info['cpu']} ({info['cores']} cores), {threads_text(info)}, TRL {info['trl']}, "
-            f"load average {info['loadavg_start'][0]:.1f} at the start, {info['loadavg_end'][0]:.1f} at the end "
-            f"(`{info['command']}`):\n\n" + "\n".join(lines))
+    return (
+        f"{info['date'][:10]}, {info['cpu']} ({info['cores']} cores), {threads_text(info)}, TRL {info['trl']}, "
+        f"load average {info['loadavg_start'][0]:.1f} at the start, {info['loadavg_end'][0]:.1f} at the end "
+        f"(`{info['command']}`):\n\n" + "\n".join(lines)
+    )
 
 
 def threads_text(info: dict) -> str:

@@ -85,7 +85,9 @@ def timer_callback(record: dict):
             if record.get("profile_step") == state.global_step + 1:
                 from torch.profiler import ProfilerActivity, profile
 
-                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True)
+                self.profiler = profile(
+                    activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True
+                )
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -203,8 +205,11 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
         "model": model,
         "data": {"train": spec["data"], "max_length": None, "max_prompt_length": None},
         "loss": loss,
-        "reference": {"precompute": spec["reference"] == "precomputed", "cache_dir": str(out / "cache"),
-                      "batch_size": spec["batch"]},
+        "reference": {
+            "precompute": spec["reference"] == "precomputed",
+            "cache_dir": str(out / "cache"),
+            "batch_size": spec["batch"],
+        },
         "training": {**_training_args(spec, device_type), "output_dir": str(out / "run")},
     }
     values["training"].update(spec.get("dpolab_training", {}))
@@ -213,10 +218,18 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
 
 def _training_args(spec: dict, device_type: str) -> dict:
     args = {
-        "per_device_train_batch_size": spec["batch"], "max_steps": spec["steps"], "logging_steps": 1,
-        "learning_rate": spec["lr"], "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
-        "seed": spec["seed"], "data_seed": spec["seed"], "bf16": False,
-        "gradient_checkpointing": spec["gradient_checkpointing"], "dataloader_num_workers": 0,
+        "per_device_train_batch_size": spec["batch"],
+        "max_steps": spec["steps"],
+        "logging_steps": 1,
+        "learning_rate": spec["lr"],
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": spec["seed"],
+        "data_seed": spec["seed"],
+        "bf16": False,
+        "gradient_checkpointing": spec["gradient_checkpointing"],
+        "dataloader_num_workers": 0,
     }
     if device_type == "cpu":
         args["use_cpu"] = True
@@ -231,29 +244,51 @@ def run_trl(spec: dict, callback, device_type: str) -> None:
 
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=getattr(torch, spec["dtype"]),
-                                                 attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["model"], dtype=getattr(torch, spec["dtype"]), attn_implementation="sdpa"
+    )
     peft_config = None
-    if spec["tuning"] == "lora":  # given as a config, TRL's reference is the adapters-disabled model, as dpolab's
+    if (
+        spec["tuning"] == "lora"
+    ):  # given as a config, TRL's reference is the adapters-disabled model, as dpolab's
         from peft import LoraConfig
 
         lora = _lora_settings()
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                 target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["target_modules"],
+            task_type="CAUSAL_LM",
+        )
     args = DPOConfig(
-        output_dir=str(Path(spec["workdir"]) / "run"), beta=spec["beta"], max_length=None,
-        precompute_ref_log_probs=spec["reference"] == "precomputed", precompute_ref_batch_size=spec["batch"],
+        output_dir=str(Path(spec["workdir"]) / "run"),
+        beta=spec["beta"],
+        max_length=None,
+        precompute_ref_log_probs=spec["reference"] == "precomputed",
+        precompute_ref_batch_size=spec["batch"],
         **_training_args(spec, device_type),
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[callback], peft_config=peft_config)
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[callback],
+        peft_config=peft_config,
+    )
     trainer.train()
 
 
 def main(spec_path: str, result_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    record: dict = {"spec": spec, "loadavg_start": os.getloadavg(), "pid": os.getpid(),
-                    "profile_step": spec.get("profile_step"), "vocab": spec["shape"]["vocab"]}
+    record: dict = {
+        "spec": spec,
+        "loadavg_start": os.getloadavg(),
+        "pid": os.getpid(),
+        "profile_step": spec.get("profile_step"),
+        "vocab": spec["shape"]["vocab"],
+    }
     import torch
 
     if spec.get("threads"):

@@ -49,8 +49,9 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def build_model(shape: ModelShape, *, seed: int = 0):
@@ -58,9 +59,17 @@ def build_model(shape: ModelShape, *, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.intermediate,
-        max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -87,7 +96,11 @@ def build_pairs(regime: str, n: int, *, seed: int = 0) -> list[dict[str, str]]:
 
 def pair_token_counts(pair: dict[str, str]) -> tuple[int, int, int]:
     """(prompt tokens with BOS, chosen tokens with EOS, rejected tokens with EOS)."""
-    return (len(pair["prompt"].split()) + 1, len(pair["chosen"].split()) + 1, len(pair["rejected"].split()) + 1)
+    return (
+        len(pair["prompt"].split()) + 1,
+        len(pair["chosen"].split()) + 1,
+        len(pair["rejected"].split()) + 1,
+    )
 
 
 def prepare(root: Path, shape: ModelShape, *, pairs: int, seed: int = 0) -> dict[str, str]:
@@ -102,6 +115,8 @@ def prepare(root: Path, shape: ModelShape, *, pairs: int, seed: int = 0) -> dict
         tokenizer.save_pretrained(model_dir)
         for regime in REGIMES:
             rows = build_pairs(regime, pairs, seed=seed)
-            (root / f"{regime}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            (root / f"{regime}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+            )
         stamp_file.write_text(json.dumps(stamp))
     return {"model": str(model_dir), **{regime: str(root / f"{regime}.jsonl") for regime in REGIMES}}

@@ -54,7 +54,9 @@ class LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -82,8 +84,17 @@ def naive_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: tor
     return torch.log_softmax((hidden @ weight.t()).float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
 
 
-def measure(path: str, *, tokens: int, hidden: int, vocab: int, head_trainable: bool, chunk_tokens: int | None,
-            dtype: torch.dtype = torch.float32, seed: int = 0) -> int:
+def measure(
+    path: str,
+    *,
+    tokens: int,
+    hidden: int,
+    vocab: int,
+    head_trainable: bool,
+    chunk_tokens: int | None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> int:
     """Peak extra bytes of forward + backward of one path (`"naive"` or `"chunked"`)."""
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(tokens, hidden, generator=g).to(dtype).requires_grad_(True)
@@ -100,7 +111,9 @@ def measure(path: str, *, tokens: int, hidden: int, vocab: int, head_trainable: 
     return peak_extra_bytes(step)
 
 
-def table(*, tokens: int, hidden: int, vocabs: list[int], chunk_elements: int, dtype: torch.dtype) -> list[str]:
+def table(
+    *, tokens: int, hidden: int, vocabs: list[int], chunk_elements: int, dtype: torch.dtype
+) -> list[str]:
     lines = [
         "| head | vocab | chunk tokens | naive peak (MiB) | chunked peak (MiB) | naive / chunked |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -108,12 +121,20 @@ def table(*, tokens: int, hidden: int, vocabs: list[int], chunk_elements: int, d
     for head_trainable in (False, True):
         for vocab in vocabs:
             chunk = default_chunk_tokens(vocab, chunk_elements)
-            kw = dict(tokens=tokens, hidden=hidden, vocab=vocab, head_trainable=head_trainable, chunk_tokens=chunk,
-                      dtype=dtype)
+            kw = dict(
+                tokens=tokens,
+                hidden=hidden,
+                vocab=vocab,
+                head_trainable=head_trainable,
+                chunk_tokens=chunk,
+                dtype=dtype,
+            )
             naive, chunked = measure("naive", **kw), measure("chunked", **kw)
             label = "trainable" if head_trainable else "frozen (LoRA)"
-            lines.append(f"| {label} | {vocab} | {min(chunk, tokens)} | {naive / MiB:.1f} | {chunked / MiB:.1f} | "
-                         f"{naive / chunked:.1f}x |")
+            lines.append(
+                f"| {label} | {vocab} | {min(chunk, tokens)} | {naive / MiB:.1f} | {chunked / MiB:.1f} | "
+                f"{naive / chunked:.1f}x |"
+            )
     return lines
 
 
@@ -122,15 +143,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=2048, help="completion tokens N (default 2048)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size d (default 256)")
     parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768, 131072])
-    parser.add_argument("--chunk-elements", type=int, default=DEFAULT_CHUNK_ELEMENTS,
-                        help="logit elements per chunk (dpolab's default 2**24); chunk tokens = this / V")
+    parser.add_argument(
+        "--chunk-elements",
+        type=int,
+        default=DEFAULT_CHUNK_ELEMENTS,
+        help="logit elements per chunk (dpolab's default 2**24); chunk tokens = this / V",
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    print(f"# {datetime.date.today()}, torch {torch.__version__}, N={args.tokens} tokens, d={args.hidden}, "
-          f"{args.dtype}, chunk budget {args.chunk_elements} logit elements; forward + backward")
-    print("\n".join(table(tokens=args.tokens, hidden=args.hidden, vocabs=args.vocab,
-                          chunk_elements=args.chunk_elements, dtype=dtype)))
+    print(
+        f"# {datetime.date.today()}, torch {torch.__version__}, N={args.tokens} tokens, d={args.hidden}, "
+        f"{args.dtype}, chunk budget {args.chunk_elements} logit elements; forward + backward"
+    )
+    print(
+        "\n".join(
+            table(
+                tokens=args.tokens,
+                hidden=args.hidden,
+                vocabs=args.vocab,
+                chunk_elements=args.chunk_elements,
+                dtype=dtype,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

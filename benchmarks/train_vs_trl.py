@@ -53,10 +53,12 @@ def all_cases(regimes) -> list[tuple[Case, list[tuple[str, str]]]]:
 
 
 def quick_cases() -> list[tuple[Case, list[tuple[str, str]]]]:
-    return [(Case("dialogue", "full", "live"), [DPOLAB, TRL, DPOLAB_IDPO]),
-            (Case("answer", "full", "live"), [DPOLAB, TRL]),
-            (Case("dialogue", "full", "precomputed"), [DPOLAB, TRL]),
-            (Case("dialogue", "lora", "live"), [DPOLAB, TRL])]
+    return [
+        (Case("dialogue", "full", "live"), [DPOLAB, TRL, DPOLAB_IDPO]),
+        (Case("answer", "full", "live"), [DPOLAB, TRL]),
+        (Case("dialogue", "full", "precomputed"), [DPOLAB, TRL]),
+        (Case("dialogue", "lora", "live"), [DPOLAB, TRL]),
+    ]
 
 
 def intermediate_layers(num_layers: int) -> list[int]:
@@ -70,8 +72,13 @@ def run_one(spec: dict, workdir: Path, *, env: dict) -> dict:
     spec_file.write_text(json.dumps(spec))
     log = workdir / "log.txt"
     with log.open("w") as handle:
-        done = subprocess.run([sys.executable, str(HERE / "_worker.py"), str(spec_file), str(result_file)],
-                              env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, str(HERE / "_worker.py"), str(spec_file), str(result_file)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     if done.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise RuntimeError(f"run failed ({spec['impl']} {spec['case']}): see {log}\n{tail}")
@@ -90,9 +97,16 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,25 +118,50 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=256, help="the model's hidden size (head dimension 64)")
     p.add_argument("--layers", type=int, default=4, help="the model's number of decoder layers")
     p.add_argument("--batch", type=int, default=4, help="pairs per step (per_device_train_batch_size)")
-    p.add_argument("--steps", type=int, default=None, help="steps per run; the first is not timed (default 8, quick 4)")
-    p.add_argument("--repeats", type=int, default=None, help="runs per implementation and case (default 3, quick 1)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per run; the first is not timed (default 8, quick 4)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="runs per implementation and case (default 3, quick 1)"
+    )
     p.add_argument("--regimes", nargs="+", default=list(workload.REGIMES), choices=list(workload.REGIMES))
     p.add_argument("--only", nargs="*", default=None, help="case names to run, e.g. dialogue/full/live")
-    p.add_argument("--impls", nargs="*", default=None, help="runs to make, among dpolab/dpo trl/dpo dpolab/idpo")
+    p.add_argument(
+        "--impls", nargs="*", default=None, help="runs to make, among dpolab/dpo trl/dpo dpolab/idpo"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW, the Trainer's default optimiser)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's default is on)")
+    p.add_argument(
+        "--lr", type=float, default=1e-4, help="learning rate (AdamW, the Trainer's default optimiser)"
+    )
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="on both sides (TRL's default is on)"
+    )
     p.add_argument("--dpolab-training", default="{}", help="extra JSON training args for dpolab only")
-    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "dpolab-bench",
-                   help="model, data and one folder per run (spec, result, log)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "dpolab-bench",
+        help="model, data and one folder per run (spec, result, log)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
-    p.add_argument("--profile", action="store_true",
-                   help="only profile the second step of one run per implementation of a few cases (torch.profiler) "
-                        "and print where its time goes (--update-results does this too, after the table)")
-    p.add_argument("--update-results", type=Path, nargs="?", const=HERE / "RESULTS.md", default=None,
-                   help="write the table and the profile into RESULTS.md's marked blocks, and the ratios into "
-                        "README.md's")
-    p.add_argument("--report", type=Path, default=None, help="print the table of a --json file again, and exit")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile the second step of one run per implementation of a few cases (torch.profiler) "
+        "and print where its time goes (--update-results does this too, after the table)",
+    )
+    p.add_argument(
+        "--update-results",
+        type=Path,
+        nargs="?",
+        const=HERE / "RESULTS.md",
+        default=None,
+        help="write the table and the profile into RESULTS.md's marked blocks, and the ratios into "
+        "README.md's",
+    )
+    p.add_argument(
+        "--report", type=Path, default=None, help="print the table of a --json file again, and exit"
+    )
     return p.parse_args(argv)
 
 
@@ -136,21 +175,39 @@ def run_cases(args, cases, *, steps: int, repeats: int, profile: bool) -> tuple[
     paths = workload.prepare(args.workdir / "workload", shape, pairs=steps * args.batch)
     tokens = {}
     for regime in workload.REGIMES:
-        counts = [workload.pair_token_counts(json.loads(x)) for x in Path(paths[regime]).read_text().splitlines()]
-        tokens[regime] = {"all": sum(map(sum, counts)) / len(counts),
-                          "completion": sum(c + r for _, c, r in counts) / len(counts)}
+        counts = [
+            workload.pair_token_counts(json.loads(x)) for x in Path(paths[regime]).read_text().splitlines()
+        ]
+        tokens[regime] = {
+            "all": sum(map(sum, counts)) / len(counts),
+            "completion": sum(c + r for _, c, r in counts) / len(counts),
+        }
     import torch
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1",
-           "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    info = {**machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "shape": vars(shape) | {"heads": shape.heads, "intermediate": shape.intermediate},
-            "batch": args.batch, "steps": steps, "repeats": repeats, "dtype": dtype, "threads": args.threads,
-            "loadavg_start": os.getloadavg(), "tokens_per_pair": tokens}
+    info = {
+        **machine(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "shape": vars(shape) | {"heads": shape.heads, "intermediate": shape.intermediate},
+        "batch": args.batch,
+        "steps": steps,
+        "repeats": repeats,
+        "dtype": dtype,
+        "threads": args.threads,
+        "loadavg_start": os.getloadavg(),
+        "tokens_per_pair": tokens,
+    }
     print(json.dumps(info, indent=1), flush=True)
 
     results: dict[str, dict[str, list]] = {}
@@ -158,20 +215,38 @@ def run_cases(args, cases, *, steps: int, repeats: int, profile: bool) -> tuple[
         for case, impls in cases:
             order = impls if rep % 2 == 0 else impls[::-1]  # A B, then B A: load drifts hit both
             for impl, method in order:
-                name = f"{case.name.replace('/', '-')}-{impl}-{method}-{rep}" + ("-profile" if profile else "")
-                spec = {"impl": impl, "case": case.name, "tuning": case.tuning, "reference": case.reference,
-                        "layers": intermediate_layers(args.layers) if method == "idpo" else [],
-                        "model": paths["model"], "data": paths[case.regime], "shape": vars(shape), "dtype": dtype,
-                        "beta": 0.1, "batch": args.batch, "steps": steps, "lr": args.lr, "seed": 0,
-                        "gradient_checkpointing": args.gradient_checkpointing, "threads": args.threads,
-                        "dpolab_training": json.loads(args.dpolab_training) if impl == "dpolab" else {},
-                        "profile_step": 2 if profile else None, "workdir": str(args.workdir / "runs" / name)}
+                name = f"{case.name.replace('/', '-')}-{impl}-{method}-{rep}" + (
+                    "-profile" if profile else ""
+                )
+                spec = {
+                    "impl": impl,
+                    "case": case.name,
+                    "tuning": case.tuning,
+                    "reference": case.reference,
+                    "layers": intermediate_layers(args.layers) if method == "idpo" else [],
+                    "model": paths["model"],
+                    "data": paths[case.regime],
+                    "shape": vars(shape),
+                    "dtype": dtype,
+                    "beta": 0.1,
+                    "batch": args.batch,
+                    "steps": steps,
+                    "lr": args.lr,
+                    "seed": 0,
+                    "gradient_checkpointing": args.gradient_checkpointing,
+                    "threads": args.threads,
+                    "dpolab_training": json.loads(args.dpolab_training) if impl == "dpolab" else {},
+                    "profile_step": 2 if profile else None,
+                    "workdir": str(args.workdir / "runs" / name),
+                }
                 record = run_one(spec, Path(spec["workdir"]), env=env)
                 results.setdefault(case.name, {}).setdefault(f"{impl}/{method}", []).append(record)
                 f = figures(record, tokens[case.regime], record["matmul_peak_gflops"])
-                print(f"[{rep + 1}/{repeats}] {case.name:28s} {impl}/{method:5s} {f['pairs_per_s']:7.3f} pairs/s  "
-                      f"peak memory {f['peak_rss_mib']:6.0f} MiB  load {f['loadavg'][0]:.2f}->{f['loadavg'][1]:.2f}",
-                      flush=True)
+                print(
+                    f"[{rep + 1}/{repeats}] {case.name:28s} {impl}/{method:5s} {f['pairs_per_s']:7.3f} pairs/s  "
+                    f"peak memory {f['peak_rss_mib']:6.0f} MiB  load {f['loadavg'][0]:.2f}->{f['loadavg'][1]:.2f}",
+                    flush=True,
+                )
     info["loadavg_end"] = os.getloadavg()
     return info, results
 
@@ -181,8 +256,10 @@ def profile_pass(args, cases) -> None:
     chosen = args.only or PROFILE_CASES
     cases = [(c, impls) for c, impls in cases if c.name in chosen]
     info, results = run_cases(args, cases, steps=3, repeats=1, profile=True)
-    text = (f"- command: `{info['command']}`; {info['date']}; {info['cpu']}, {info['cores']} cores; load average "
-            f"{info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}\n\n" + profile_table(results))
+    text = (
+        f"- command: `{info['command']}`; {info['date']}; {info['cpu']}, {info['cores']} cores; load average "
+        f"{info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}\n\n" + profile_table(results)
+    )
     print(text)
     if args.update_results:
         update_results(args.update_results, "profile", text)

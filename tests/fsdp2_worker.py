@@ -16,8 +16,10 @@ from dpolab.collate import PairCollator, batch_targets
 from dpolab.logprobs import layer_logprobs, token_logprobs
 from dpolab.tiny import tiny_model
 
-PAIRS = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 10], "rejected_ids": [11, 12]},
-         {"prompt_ids": [13, 14], "chosen_ids": [15], "rejected_ids": [16, 17, 18, 19]}]
+PAIRS = [
+    {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 10], "rejected_ids": [11, 12]},
+    {"prompt_ids": [13, 14], "chosen_ids": [15], "rejected_ids": [16, 17, 18, 19]},
+]
 LAYERS = [1, 3, 4]
 
 

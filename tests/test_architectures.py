@@ -101,8 +101,16 @@ class FooForCausalLM(nn.Module):
 def test_unknown_architectures_fail_naming_the_class():
     from transformers import BertConfig, BertLMHeadModel
 
-    bert = BertLMHeadModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, is_decoder=True))
+    bert = BertLMHeadModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            is_decoder=True,
+        )
+    )
     with pytest.raises(DpolabError, match=r"BertLMHeadModel is not a model class dpolab knows.*llama"):
         anatomy(bert)
     with pytest.raises(DpolabError, match="FooForCausalLM is not a model class"):

@@ -33,7 +33,9 @@ def test_defaults_and_types():
 
 
 def test_lora_section_is_typed():
-    config = config_from_dict(with_(model={"name_or_path": "m", "lora": {"r": 8, "target_modules": ["q_proj"]}}))
+    config = config_from_dict(
+        with_(model={"name_or_path": "m", "lora": {"r": 8, "target_modules": ["q_proj"]}})
+    )
     assert config.model.lora.r == 8 and config.model.lora.alpha == 16 and config.model.lora.dropout == 0.05
     assert config.model.lora.target_modules == ["q_proj"]
 
@@ -43,31 +45,64 @@ def test_lora_section_is_typed():
     [
         (with_(loss={"betta": 0.1}), "unknown key 'loss.betta'; did you mean 'loss.beta'?"),
         ({**BASE, "losss": {}}, "unknown section 'losss'; did you mean 'loss'?"),
-        (with_(training={"learnin_rate": 1e-5}), "unknown key 'training.learnin_rate'; did you mean 'training.learning_rate'?"),
+        (
+            with_(training={"learnin_rate": 1e-5}),
+            "unknown key 'training.learnin_rate'; did you mean 'training.learning_rate'?",
+        ),
         (with_(model={"name_or_path": "m", "lora": {"rank": 8}}), "unknown key 'model.lora.rank'"),
         (with_(loss={"beta": "high"}), "loss.beta: expected float, got 'high'"),
         (with_(loss={"intermediate_layers": 11}), "loss.intermediate_layers: expected a list, got 11"),
-        (with_(loss={"final_norm": "yes", "intermediate_layers": [1]}), "loss.final_norm: expected true or false"),
+        (
+            with_(loss={"final_norm": "yes", "intermediate_layers": [1]}),
+            "loss.final_norm: expected true or false",
+        ),
         (with_(loss={"method": "kto"}), "loss.method: 'kto' is not one of dpo, ipo, dpop"),
         (with_(loss={"dpop_lambda": 10}), "loss.dpop_lambda is only used by loss.method dpop"),
         (with_(loss={"gamma": 0.5}), "loss.gamma only matters with loss.intermediate_layers"),
         (with_(loss={"intermediate_layers": [2, 2]}), "lists a layer twice"),
         (with_(loss={"intermediate_layers": [2], "gamma": 1.5}), "loss.gamma: 1.5 must be in [0, 1]"),
         (with_(loss={"beta": 0}), "loss.beta: 0.0 must be positive"),
-        (with_(data={"train": "t.jsonl", "max_length": 128, "max_prompt_length": 128}), "must be below data.max_length"),
-        (with_(data={"train": "t.jsonl", "eval": "e.jsonl", "eval_size": 0.1}), "data.eval and data.eval_size are both set"),
-        (with_(data={"train": "t.jsonl", "builder": "arc", "source": "x"}), "data.train and data.builder are both set"),
+        (
+            with_(data={"train": "t.jsonl", "max_length": 128, "max_prompt_length": 128}),
+            "must be below data.max_length",
+        ),
+        (
+            with_(data={"train": "t.jsonl", "eval": "e.jsonl", "eval_size": 0.1}),
+            "data.eval and data.eval_size are both set",
+        ),
+        (
+            with_(data={"train": "t.jsonl", "builder": "arc", "source": "x"}),
+            "data.train and data.builder are both set",
+        ),
         (with_(data={"train": None, "builder": "arc"}), "data.builder: arc needs data.source"),
         (with_(data={"train": None}), "data.train is required"),
         (with_(model={"name_or_path": ""}), "model.name_or_path is required"),
-        (with_(model={"name_or_path": "m", "dtype": "float16"}), "model.dtype: 'float16' is not one of float32, bfloat16"),
+        (
+            with_(model={"name_or_path": "m", "dtype": "float16"}),
+            "model.dtype: 'float16' is not one of float32, bfloat16",
+        ),
         (with_(early_stopping={"patience": 2}), "early_stopping.patience needs evaluation data"),
-        (with_(early_stopping={"patience": 2}, data={"train": "t", "eval_size": 0.1},
-               training={"eval_strategy": "no"}), "early stopping needs evaluations"),
-        (with_(early_stopping={"patience": 2}, data={"train": "t", "eval_size": 0.1},
-               training={"load_best_model_at_end": False}), "training.load_best_model_at_end is set by early_stopping"),
+        (
+            with_(
+                early_stopping={"patience": 2},
+                data={"train": "t", "eval_size": 0.1},
+                training={"eval_strategy": "no"},
+            ),
+            "early stopping needs evaluations",
+        ),
+        (
+            with_(
+                early_stopping={"patience": 2},
+                data={"train": "t", "eval_size": 0.1},
+                training={"load_best_model_at_end": False},
+            ),
+            "training.load_best_model_at_end is set by early_stopping",
+        ),
         (with_(training={"remove_unused_columns": True}), "training.remove_unused_columns is set by dpolab"),
-        (with_(model={"name_or_path": "m", "dtype": "bfloat16"}, training={"fp16": True}), "use training.bf16"),
+        (
+            with_(model={"name_or_path": "m", "dtype": "bfloat16"}, training={"fp16": True}),
+            "use training.bf16",
+        ),
     ],
 )
 def test_bad_configs_fail_with_one_clear_line(values, message):
@@ -87,8 +122,17 @@ def test_sft_ignores_the_loss_section():
 def test_overrides_are_yaml_values(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  name_or_path: m\ndata:\n  train: t.jsonl\nloss:\n  beta: 0.1\n")
-    config = load_config(path, ["loss.beta=0.3", "loss.intermediate_layers=[8, 16]", "training.max_steps=5",
-                                "model.lora.r=4", "loss.method=dpop", "loss.dpop_lambda=50"])
+    config = load_config(
+        path,
+        [
+            "loss.beta=0.3",
+            "loss.intermediate_layers=[8, 16]",
+            "training.max_steps=5",
+            "model.lora.r=4",
+            "loss.method=dpop",
+            "loss.dpop_lambda=50",
+        ],
+    )
     assert config.loss.beta == 0.3 and config.loss.intermediate_layers == [8, 16]
     assert config.training == {"max_steps": 5}
     assert config.model.lora.r == 4 and config.loss.method == "dpop"
@@ -126,7 +170,8 @@ def test_examples_carry_the_papers_settings():
     assert idpo.model.name_or_path == "mistralai/Mistral-7B-Instruct-v0.1"
     assert (idpo.model.lora.r, idpo.model.lora.alpha, idpo.model.lora.dropout) == (16, 16, 0.05)
     assert sorted(idpo.model.lora.target_modules) == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     assert idpo.training["learning_rate"] == 5e-4 and idpo.loss.beta == 0.1 and idpo.loss.gamma == 0.9
     assert idpo.training["per_device_train_batch_size"] * idpo.training["gradient_accumulation_steps"] == 32
     dpop = config_from_dict(yaml.safe_load(example_text("dpop")))

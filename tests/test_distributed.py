@@ -27,8 +27,11 @@ from dpolab.tiny import tiny_model
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 ROWS = [
-    {"prompt": f"Question {i}: {i} + {i + 1} = ?", "chosen": f" Answer: {2 * i + 1}",
-     "rejected": f" Answer: {i}{' maybe' * (i % 3)}"}
+    {
+        "prompt": f"Question {i}: {i} + {i + 1} = ?",
+        "chosen": f" Answer: {2 * i + 1}",
+        "rejected": f" Answer: {i}{' maybe' * (i % 3)}",
+    }
     for i in range(12)
 ]
 
@@ -45,8 +48,16 @@ def _values(tmp_path, model_dir, data, *, out, cache, batch):
         "data": {"train": str(data)},
         "loss": {"method": "dpo", "beta": 0.5, "intermediate_layers": [2]},
         "reference": {"precompute": True, "cache_dir": str(cache), "batch_size": 4},
-        "training": {"output_dir": str(out), "per_device_train_batch_size": batch, "max_steps": 3,
-                     "logging_steps": 1, "learning_rate": 1e-3, "disable_tqdm": True, "seed": 0, "use_cpu": True},
+        "training": {
+            "output_dir": str(out),
+            "per_device_train_batch_size": batch,
+            "max_steps": 3,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+            "seed": 0,
+            "use_cpu": True,
+        },
     }
 
 
@@ -66,18 +77,42 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     values = _values(tmp_path, model_dir, data, out=tmp_path / "two", cache=tmp_path / "cache-two", batch=2)
     config = tmp_path / "two.yaml"
     config.write_text(json.dumps(values), encoding="utf-8")  # JSON is YAML
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "dpolab", "train", str(config)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "dpolab",
+            "train",
+            str(config),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # one process, 4 pairs
-    run(config_from_dict(_values(tmp_path, model_dir, data, out=tmp_path / "one", cache=tmp_path / "cache-one",
-                                 batch=4)))
+    run(
+        config_from_dict(
+            _values(tmp_path, model_dir, data, out=tmp_path / "one", cache=tmp_path / "cache-one", batch=4)
+        )
+    )
 
     (two_cache,), (one_cache,) = (tmp_path / "cache-two").glob("*.pt"), (tmp_path / "cache-one").glob("*.pt")
     assert two_cache.name == one_cache.name  # the same key: same model, pairs, layers
@@ -101,12 +136,28 @@ def test_fsdp2_sharded_head_gives_the_unsharded_log_probs():
     """FSDP2 on CPU (gloo), 2 processes: final and intermediate layers' log-probs and every
     parameter's gradient equal the unsharded model's, with the head in the root unit or sharded
     on its own; see tests/fsdp2_worker.py for the checks."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(Path(__file__).with_name("fsdp2_worker.py"))],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(Path(__file__).with_name("fsdp2_worker.py")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "fsdp2 ok" in done.stdout

@@ -72,8 +72,10 @@ GRAD_MODES = {
 
 def _run(fn, hidden, weight, bias, tokens, upstream, mode, **kwargs):
     wants = GRAD_MODES[mode]
-    leaves = [t.detach().clone().requires_grad_(w) if t is not None else None
-              for t, w in zip((hidden, weight, bias), wants)]
+    leaves = [
+        t.detach().clone().requires_grad_(w) if t is not None else None
+        for t, w in zip((hidden, weight, bias), wants)
+    ]
     out = fn(*leaves, tokens, **kwargs)
     grad_of = [t for t in leaves if t is not None and t.requires_grad]
     grads = torch.autograd.grad((out * upstream.to(out.dtype)).sum(), grad_of)
@@ -81,7 +83,8 @@ def _run(fn, hidden, weight, bias, tokens, upstream, mode, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "bias,mode", [(b, m) for b in (True, False) for m in GRAD_MODES if b or m != "frozen_weight_trainable_bias"]
+    "bias,mode",
+    [(b, m) for b in (True, False) for m in GRAD_MODES if b or m != "frozen_weight_trainable_bias"],
 )
 @pytest.mark.parametrize("chunk", [1, 7, 37, N, 500])  # 37 and N divide N = 111; 1, 7 and 500 do not
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -105,7 +108,9 @@ def test_token_logprobs_bf16(chunk, mode):
     """bf16 inputs: as close to the exact (float64) values as the naive bf16 computation is."""
     h, w, b, tokens, upstream = _head_inputs(torch.bfloat16, bias=True, seed=3)
     out, grads = _run(token_logprobs, h, w, b, tokens, upstream, mode, chunk_tokens=chunk)
-    exact, exact_grads = _run(naive_token_logprobs, h.double(), w.double(), b.double(), tokens, upstream, mode)
+    exact, exact_grads = _run(
+        naive_token_logprobs, h.double(), w.double(), b.double(), tokens, upstream, mode
+    )
     naive, naive_grads = _run(naive_token_logprobs, h, w, b, tokens, upstream, mode)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), exact, rtol=2e-2, atol=5e-2)
@@ -176,16 +181,20 @@ def test_default_chunk_tokens():
 
 
 def test_targets_from_completion_mask_literal():
-    input_ids = torch.tensor([
-        [5, 6, 7, 8, 0],  # completion 7 8: predicted at positions 1, 2
-        [9, 5, 4, 0, 0],  # completion 5 4 (right-padded): positions 5+0, 5+1
-        [0, 0, 3, 4, 5],  # left-padded, completion 4 5: positions 10+2, 10+3
-    ])
-    completion_mask = torch.tensor([
-        [0, 0, 1, 1, 0],
-        [0, 1, 1, 0, 0],
-        [0, 0, 0, 1, 1],
-    ])
+    input_ids = torch.tensor(
+        [
+            [5, 6, 7, 8, 0],  # completion 7 8: predicted at positions 1, 2
+            [9, 5, 4, 0, 0],  # completion 5 4 (right-padded): positions 5+0, 5+1
+            [0, 0, 3, 4, 5],  # left-padded, completion 4 5: positions 10+2, 10+3
+        ]
+    )
+    completion_mask = torch.tensor(
+        [
+            [0, 0, 1, 1, 0],
+            [0, 1, 1, 0, 0],
+            [0, 0, 0, 1, 1],
+        ]
+    )
     t = targets_from_completion_mask(input_ids, completion_mask)
     assert t.positions.tolist() == [1, 2, 5, 6, 12, 13]
     assert t.tokens.tolist() == [7, 8, 5, 4, 4, 5]
@@ -208,29 +217,35 @@ def test_positions_from_attention_mask_literal():
 def test_segment_attention_mask_literal():
     # one pair, prompt [a b], chosen [c d], rejected [e], one padding slot
     seg = torch.tensor([[1, 1, 2, 2, 3, 0]])
-    allowed = torch.tensor([
-        # a  b  c  d  e  pad
-        [1, 0, 0, 0, 0, 0],  # a: itself
-        [1, 1, 0, 0, 0, 0],  # b: the prompt up to itself
-        [1, 1, 1, 0, 0, 0],  # c: prompt + itself
-        [1, 1, 1, 1, 0, 0],  # d: prompt + chosen
-        [1, 1, 0, 0, 1, 0],  # e: prompt + itself, not the chosen
-        [0, 0, 0, 0, 0, 1],  # pad: only itself (no all −inf row)
-    ], dtype=torch.bool)
+    allowed = torch.tensor(
+        [
+            # a  b  c  d  e  pad
+            [1, 0, 0, 0, 0, 0],  # a: itself
+            [1, 1, 0, 0, 0, 0],  # b: the prompt up to itself
+            [1, 1, 1, 0, 0, 0],  # c: prompt + itself
+            [1, 1, 1, 1, 0, 0],  # d: prompt + chosen
+            [1, 1, 0, 0, 1, 0],  # e: prompt + itself, not the chosen
+            [0, 0, 0, 0, 0, 1],  # pad: only itself (no all −inf row)
+        ],
+        dtype=torch.bool,
+    )
     mask = segment_attention_mask(seg, torch.float32)
     assert mask.shape == (1, 1, 6, 6)
     assert torch.equal(mask[0, 0] == 0, allowed)
     assert (mask[0, 0][~allowed] == torch.finfo(torch.float32).min).all()
     # two pairs in one row: pair 2 (segments 4, 5, 6) sees nothing of pair 1
     seg2 = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    allowed2 = torch.tensor([
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0],
-        [0, 0, 0, 1, 0, 0],
-        [0, 0, 0, 1, 1, 0],
-        [0, 0, 0, 1, 0, 1],
-    ], dtype=torch.bool)
+    allowed2 = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0],
+            [0, 0, 0, 1, 0, 0],
+            [0, 0, 0, 1, 1, 0],
+            [0, 0, 0, 1, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(segment_attention_mask(seg2, torch.bfloat16)[0, 0] == 0, allowed2)
 
 
@@ -251,8 +266,17 @@ def _model(family: str, **kwargs) -> nn.Module:
     """Shared across tests: tests take gradients with `torch.autograd.grad`, never `.backward`.
     Weights drawn with std 0.3 (not 0.02) so that the logits are far from uniform and the layers'
     log-probs differ clearly."""
-    return tiny_model(family, vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
-                      intermediate_size=24, initializer_range=0.3, seed=1, **kwargs)
+    return tiny_model(
+        family,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_layers=NUM_LAYERS,
+        num_heads=2,
+        intermediate_size=24,
+        initializer_range=0.3,
+        seed=1,
+        **kwargs,
+    )
 
 
 def _rows(seed: int = 0) -> list[list[int]]:
@@ -394,7 +418,7 @@ def _separately(model, examples, layers):
         for completion in (e["chosen_ids"], e["rejected_ids"]):
             ids = torch.tensor([e["prompt_ids"] + completion])
             mask = torch.zeros_like(ids)
-            mask[0, len(e["prompt_ids"]):] = 1
+            mask[0, len(e["prompt_ids"]) :] = 1
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": mask}
             out.append(naive_layer_logprobs(model, batch, layers).logps[:, 0])
     return torch.stack(out, dim=1)  # (layers, 2B): c0 r0 c1 r1 ...
@@ -424,10 +448,21 @@ def test_frozen_head_under_lora_matches_naive():
     must match the naive computation."""
     from peft import LoraConfig, get_peft_model
 
-    base = tiny_model("llama", vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
-                      initializer_range=0.3, seed=2)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                            init_lora_weights=False))
+    base = tiny_model(
+        "llama",
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_layers=NUM_LAYERS,
+        num_heads=2,
+        initializer_range=0.3,
+        seed=2,
+    )
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+        ),
+    )
     assert not base.get_output_embeddings().weight.requires_grad
     batch = _batch("left")
     out = layer_logprobs(model, batch, LAYERS, chunk_tokens=7)
@@ -453,8 +488,15 @@ def test_tied_embeddings_gradients_match_naive():
 def test_gradient_checkpointing_keeps_intermediate_gradients(reentrant):
     """With gradient checkpointing the blocks run inside a checkpoint; the captured intermediate
     hidden states must still carry gradients (reentrant checkpointing needs `.backward()`)."""
-    model = tiny_model("llama", vocab_size=VOCAB, hidden_size=16, num_layers=NUM_LAYERS, num_heads=2,
-                       initializer_range=0.3, seed=4)
+    model = tiny_model(
+        "llama",
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_layers=NUM_LAYERS,
+        num_heads=2,
+        initializer_range=0.3,
+        seed=4,
+    )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()  # checkpointing is only active in training mode; the tiny configs have no dropout
     assert model.is_gradient_checkpointing
@@ -545,8 +587,16 @@ class FooForCausalLM(nn.Module):
 def test_unknown_architecture_names_the_model_class():
     from transformers import BertConfig, BertLMHeadModel
 
-    bert = BertLMHeadModel(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, is_decoder=True))
+    bert = BertLMHeadModel(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            is_decoder=True,
+        )
+    )
     batch = _batch("right")
     with pytest.raises(DpolabError, match="BertLMHeadModel"):
         layer_logprobs(bert, batch)

@@ -25,7 +25,9 @@ REF_REJECTED = [-6.0, -9.0, -6.0]  # Δ_l = [-1,  0,  2]
 
 
 def _pairs(dtype=torch.float64):
-    return tuple(torch.tensor(x, dtype=dtype) for x in (POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED))
+    return tuple(
+        torch.tensor(x, dtype=dtype) for x in (POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED)
+    )
 
 
 def _close(actual, expected, tol=1e-12):
@@ -100,7 +102,9 @@ def test_dpo_and_dpop_are_log2_when_policy_is_reference(batch, beta):
         dpop_loss(policy_c, policy_r, policy_c.clone(), policy_r.clone(), beta=beta, lambda_=50.0)[0],
     ):
         assert losses.shape == (batch,)
-        torch.testing.assert_close(losses, torch.full((batch,), LOG2, dtype=torch.float64), rtol=0, atol=1e-15)
+        torch.testing.assert_close(
+            losses, torch.full((batch,), LOG2, dtype=torch.float64), rtol=0, atol=1e-15
+        )
     assert math.isclose(LOG2, math.log(2))
 
 
@@ -137,7 +141,9 @@ def test_ipo_minimum_at_half_inverse_beta(batch, beta):
     # either side of it the loss is positive: ε² exactly
     for eps in (-0.05, 0.05):
         moved = ipo_loss(policy_c.detach() + eps, policy_r, ref_c, ref_r, beta=beta)[0]
-        torch.testing.assert_close(moved, torch.full((batch,), eps**2, dtype=torch.float64), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            moved, torch.full((batch,), eps**2, dtype=torch.float64), rtol=1e-6, atol=0
+        )
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "dpop"])

@@ -25,8 +25,15 @@ def _values(tmp_path, model_dir, data, *, precompute, out):
         "data": {"train": str(data)},
         "loss": {"method": "dpo", "beta": 0.5, "intermediate_layers": [2]},
         "reference": {"precompute": precompute, "cache_dir": str(tmp_path / "cache")},
-        "training": {"output_dir": str(tmp_path / out), "per_device_train_batch_size": 2, "max_steps": 2,
-                     "logging_steps": 1, "learning_rate": 1e-2, "disable_tqdm": True, "seed": 0},
+        "training": {
+            "output_dir": str(tmp_path / out),
+            "per_device_train_batch_size": 2,
+            "max_steps": 2,
+            "logging_steps": 1,
+            "learning_rate": 1e-2,
+            "disable_tqdm": True,
+            "seed": 0,
+        },
     }
 
 
@@ -45,8 +52,10 @@ def test_precompute_uses_the_policy_itself_and_matches_the_live_reference(tmp_pa
     monkeypatch.setattr("dpolab.models.load_frozen_reference", no_second_copy)
     run(config_from_dict(_values(tmp_path, model_dir, data, precompute=True, out="precomputed")))
 
-    live, precomputed = ([json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-                         for name in ("live", "precomputed"))
+    live, precomputed = (
+        [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("live", "precomputed")
+    )
     assert len(live) == len(precomputed) == 2
     # step 2 follows a real update, so its rewards are not trivially zero
     assert abs(live[1]["rewards/margins"]) > 1e-4
@@ -56,15 +65,20 @@ def test_precompute_uses_the_policy_itself_and_matches_the_live_reference(tmp_pa
                 assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (a["step"], key)
 
 
-@pytest.mark.parametrize("lora,precompute,ok", [(True, False, True), (False, False, False), (True, True, False)])
+@pytest.mark.parametrize(
+    "lora,precompute,ok", [(True, False, True), (False, False, False), (True, True, False)]
+)
 def test_zero3_accepts_only_lora_with_the_live_reference(monkeypatch, lora, precompute, ok):
     """ZeRO-3 partitions every model as it loads; only the policy runs in DeepSpeed's engine, so a
     frozen reference copy or a precomputation before training would see empty weights."""
     from dpolab.errors import DpolabError
     from dpolab.reference_setup import check_sharding
 
-    values = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"},
-              "reference": {"precompute": precompute}}
+    values = {
+        "model": {"name_or_path": "m"},
+        "data": {"train": "t.jsonl"},
+        "reference": {"precompute": precompute},
+    }
     if lora:
         values["model"]["lora"] = {"r": 4}
     config = config_from_dict(values)

@@ -40,13 +40,32 @@ def write_metrics(path: Path, *, layers: tuple[int, ...] = (), broken_line: bool
     rows = []
     for i, acc in enumerate(EVAL_ACC):
         step = 10 * (i + 1)
-        train = {"step": step, "split": "train", "epoch": step / 50, "loss": 0.69 - 0.05 * i,
-                 "rewards/chosen": 0.1 * i, "rewards/rejected": -0.1 * i, "rewards/margins": 0.2 * i,
-                 "rewards/accuracies": 0.5 + 0.05 * i, "logps/chosen": -20.0 - i, "logps/rejected": -22.0 - 2 * i,
-                 "learning_rate": 5e-4, "grad_norm": 1.5}
-        evaluation = {"step": step, "split": "eval", "epoch": step / 50, "loss": 0.7 - 0.04 * i,
-                      "rewards/chosen": 0.1, "rewards/rejected": -0.1, "rewards/margins": 0.2 * i,
-                      "rewards/accuracies": acc, "logps/chosen": -21.0, "logps/rejected": -23.0}
+        train = {
+            "step": step,
+            "split": "train",
+            "epoch": step / 50,
+            "loss": 0.69 - 0.05 * i,
+            "rewards/chosen": 0.1 * i,
+            "rewards/rejected": -0.1 * i,
+            "rewards/margins": 0.2 * i,
+            "rewards/accuracies": 0.5 + 0.05 * i,
+            "logps/chosen": -20.0 - i,
+            "logps/rejected": -22.0 - 2 * i,
+            "learning_rate": 5e-4,
+            "grad_norm": 1.5,
+        }
+        evaluation = {
+            "step": step,
+            "split": "eval",
+            "epoch": step / 50,
+            "loss": 0.7 - 0.04 * i,
+            "rewards/chosen": 0.1,
+            "rewards/rejected": -0.1,
+            "rewards/margins": 0.2 * i,
+            "rewards/accuracies": acc,
+            "logps/chosen": -21.0,
+            "logps/rejected": -23.0,
+        }
         for k in layers:
             evaluation[f"layers/{k}/rewards/accuracies"] = acc - 0.01 * k
             evaluation[f"layers/{k}/loss"] = 0.69 - 0.01 * i
@@ -68,7 +87,9 @@ def runs(tmp_path_factory, tokenizer):
     write_metrics(dpo / "metrics.jsonl", broken_line=True)
     write_metrics(inter / "metrics.jsonl", layers=(2, 3))
     (dpo / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\ntraining:\n  output_dir: dpo\n")
-    (inter / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\n  intermediate_layers: [2, 3]\n  gamma: 0.9\n")
+    (inter / "config.yaml").write_text(
+        "loss:\n  method: dpo\n  beta: 0.1\n  intermediate_layers: [2, 3]\n  gamma: 0.9\n"
+    )
     (dpo / "summary.json").write_text(json.dumps({"best_step": 30, "best_eval_rewards/accuracies": 0.8125}))
     # evaluation results made by the library itself
     a = [Answer(i, i + 1, f"q{i}", c, {}) for i, c in enumerate(["long answer", "s", "longer one"])]
@@ -77,12 +98,23 @@ def runs(tmp_path_factory, tokenizer):
     reference = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=3, seed=0)
     policy = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=3, seed=1)
     pairs = [TokenizedPair([0, 10, 11], [20, 21, 1], [20, 30, 1]), TokenizedPair([0, 12], [40, 1], [50, 1])]
-    write_result(inter / "eval" / "layers.json", analyze_layers({"intermediate": policy}, reference, pairs, beta=0.1))
+    write_result(
+        inter / "eval" / "layers.json", analyze_layers({"intermediate": policy}, reference, pairs, beta=0.1)
+    )
     write_result(inter / "eval" / "tokens.json", token_analysis({"intermediate": policy}, reference, pairs))
-    write_result(dpo / "eval" / "forgetting.json",
-                 forgetting(policy, reference, tokenizer, ["The quick brown fox jumps over the lazy dog."]))
-    write_result(dpo / "eval" / "tasks.json", {"kind": "tasks", "schema": 1, "model": "dpo", "tasks": {
-        "arc": {"n": 4, "acc": 0.5, "acc_norm": 0.75}, "gsm8k": {"n": 2, "exact_match": 0.5}}})
+    write_result(
+        dpo / "eval" / "forgetting.json",
+        forgetting(policy, reference, tokenizer, ["The quick brown fox jumps over the lazy dog."]),
+    )
+    write_result(
+        dpo / "eval" / "tasks.json",
+        {
+            "kind": "tasks",
+            "schema": 1,
+            "model": "dpo",
+            "tasks": {"arc": {"n": 4, "acc": 0.5, "acc_norm": 0.75}, "gsm8k": {"n": 2, "exact_match": 0.5}},
+        },
+    )
     (dpo / "eval" / "notes.json").write_text('{"not": "a result"}')
     return dpo, inter
 
@@ -139,10 +171,24 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 def test_images_load_in_headless_chromium(runs, tmp_path):
     files = render_report(list(runs), tmp_path / "report.html")
     probe = tmp_path / "probe.html"
-    check = ("<script>window.addEventListener('load',()=>{const ok=[...document.images].every("
-             "i=>i.complete&&i.naturalWidth>0);document.body.setAttribute('data-images',ok?'loaded':'broken');});"
-             "</script>")
+    check = (
+        "<script>window.addEventListener('load',()=>{const ok=[...document.images].every("
+        "i=>i.complete&&i.naturalWidth>0);document.body.setAttribute('data-images',ok?'loaded':'broken');});"
+        "</script>"
+    )
     probe.write_text(files.html.read_text().replace("</body>", check + "</body>"))
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-images="loaded"' in dom

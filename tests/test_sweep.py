@@ -34,15 +34,26 @@ def test_grid_and_names():
 @pytest.mark.slow
 def test_sweep_runs_each_point_once(tmp_path, model_dir, capsys):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Q{i}:", "chosen": " yes", "rejected": " no"}) + "\n"
-                            for i in range(4)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Q{i}:", "chosen": " yes", "rejected": " no"}) + "\n" for i in range(4)
+        )
+    )
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 32, "max_prompt_length": 16},
-        "training": {"output_dir": str(tmp_path / "sweep"), "max_steps": 1, "logging_steps": 1,
-                     "disable_tqdm": True},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(model_dir)},
+                "data": {"train": str(data), "max_length": 32, "max_prompt_length": 16},
+                "training": {
+                    "output_dir": str(tmp_path / "sweep"),
+                    "max_steps": 1,
+                    "logging_steps": 1,
+                    "disable_tqdm": True,
+                },
+            }
+        )
+    )
     # an invalid point stops the sweep before any run starts
     assert main(["sweep", str(config), "loss.beta=0.1,-1", "--no-report"]) == 2
     assert "loss.beta: -1.0 must be positive" in capsys.readouterr().err

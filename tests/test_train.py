@@ -49,9 +49,15 @@ def base_config(tmp_path, model, data, **sections):
     values = {
         "model": {"name_or_path": str(model)},
         "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
-        "training": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": len(ROWS),
-                     "max_steps": 1, "logging_steps": 1, "learning_rate": 0.0, "disable_tqdm": True,
-                     "seed": 0},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "per_device_train_batch_size": len(ROWS),
+            "max_steps": 1,
+            "logging_steps": 1,
+            "learning_rate": 0.0,
+            "disable_tqdm": True,
+            "seed": 0,
+        },
     }
     for name, section in sections.items():
         values.setdefault(name, {}).update(section)
@@ -73,17 +79,26 @@ def direct_layer_logps(model_dir, tokenizer, layers):
         for completion, sums, counts in ((pair.chosen_ids, chosen, n_c), (pair.rejected_ids, rejected, n_r)):
             ids = torch.tensor([pair.prompt_ids + completion])
             mask = torch.zeros_like(ids)
-            mask[0, len(pair.prompt_ids):] = 1
+            mask[0, len(pair.prompt_ids) :] = 1
             with torch.no_grad():
-                out = naive_layer_logprobs(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                                   "completion_mask": mask}, layers)
+                out = naive_layer_logprobs(
+                    model,
+                    {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": mask},
+                    layers,
+                )
             sums.append(out.logps[:, 0])
             counts.append(len(completion))
-    return (torch.stack(chosen, 1), torch.stack(rejected, 1),
-            torch.tensor(n_c, dtype=torch.float32), torch.tensor(n_r, dtype=torch.float32))
+    return (
+        torch.stack(chosen, 1),
+        torch.stack(rejected, 1),
+        torch.tensor(n_c, dtype=torch.float32),
+        torch.tensor(n_r, dtype=torch.float32),
+    )
 
 
-@pytest.mark.parametrize("method,layers", [("dpo", []), ("ipo", []), ("dpop", []), ("dpo", [1, 3]), ("dpop", [2])])
+@pytest.mark.parametrize(
+    "method,layers", [("dpo", []), ("ipo", []), ("dpop", []), ("dpo", [1, 3]), ("dpop", [2])]
+)
 def test_first_logged_metrics_equal_direct_computation(tmp_path, tokenizer, two_models, method, layers):
     policy_dir, ref_dir = two_models
     beta, lam, gamma = 0.5, 50.0, 0.8
@@ -123,7 +138,9 @@ def test_first_logged_metrics_equal_direct_computation(tmp_path, tokenizer, two_
     assert logged["logps/rejected"] == pytest.approx(pr[-1].mean().item(), abs=1e-4)
     for i, k in enumerate(layers):
         assert logged[f"layers/{k}/loss"] == pytest.approx(per_layer[i].mean().item(), rel=1e-5, abs=1e-5)
-        assert logged[f"layers/{k}/rewards/chosen"] == pytest.approx(beta * (pc[i] - rc[i]).mean().item(), rel=1e-5, abs=1e-5)
+        assert logged[f"layers/{k}/rewards/chosen"] == pytest.approx(
+            beta * (pc[i] - rc[i]).mean().item(), rel=1e-5, abs=1e-5
+        )
 
 
 def test_plain_dpo_matches_trl(tmp_path, tokenizer, two_models):
@@ -132,23 +149,46 @@ def test_plain_dpo_matches_trl(tmp_path, tokenizer, two_models):
     from trl import DPOConfig, DPOTrainer
 
     policy_dir, ref_dir = two_models
-    values = base_config(tmp_path, policy_dir, write_jsonl(tmp_path / "train.jsonl", ROWS),
-                         loss={"method": "dpo", "beta": 0.1})
+    values = base_config(
+        tmp_path, policy_dir, write_jsonl(tmp_path / "train.jsonl", ROWS), loss={"method": "dpo", "beta": 0.1}
+    )
     values["model"]["ref_name_or_path"] = str(ref_dir)
     values["data"].update(max_length=None, max_prompt_length=None)
     run(config_from_dict(values))
     ours = first_train_line(tmp_path / "out")
 
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), learning_rate=0.0, per_device_train_batch_size=len(ROWS),
-                     max_steps=1, logging_steps=1, report_to="none", beta=0.1, save_strategy="no", bf16=False,
-                     use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir),
-                         ref_model=AutoModelForCausalLM.from_pretrained(ref_dir), args=args,
-                         train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        learning_rate=0.0,
+        per_device_train_batch_size=len(ROWS),
+        max_steps=1,
+        logging_steps=1,
+        report_to="none",
+        beta=0.1,
+        save_strategy="no",
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(policy_dir),
+        ref_model=AutoModelForCausalLM.from_pretrained(ref_dir),
+        args=args,
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
     trainer.train()
     theirs = trainer.state.log_history[0]
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected"):
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert ours[key] == pytest.approx(theirs[key], abs=1e-4), key
 
 
@@ -158,9 +198,13 @@ def test_precomputed_reference_gives_the_live_metrics(tmp_path, tokenizer, two_m
     lines = {}
     for precompute in (False, True, True):  # the third run reads the cache the second wrote
         out = tmp_path / f"out-{precompute}-{len(lines)}"
-        values = base_config(tmp_path, policy_dir, data, loss={"method": "dpo", "beta": 0.3,
-                                                               "intermediate_layers": [2]},
-                             reference={"precompute": precompute, "cache_dir": str(tmp_path / "cache")})
+        values = base_config(
+            tmp_path,
+            policy_dir,
+            data,
+            loss={"method": "dpo", "beta": 0.3, "intermediate_layers": [2]},
+            reference={"precompute": precompute, "cache_dir": str(tmp_path / "cache")},
+        )
         values["model"]["ref_name_or_path"] = str(ref_dir)
         values["training"]["output_dir"] = str(out)
         run(config_from_dict(values))
@@ -183,15 +227,18 @@ def _params(model):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["llama", "gpt_neox"])
 @pytest.mark.parametrize("lora", [False, True])
-@pytest.mark.parametrize("method,layers", [("dpo", []), ("ipo", []), ("dpop", []), ("dpo", [2]), ("dpop", [1, 3])])
+@pytest.mark.parametrize(
+    "method,layers", [("dpo", []), ("ipo", []), ("dpop", []), ("dpo", [2]), ("dpop", [1, 3])]
+)
 def test_sft_then_preference_training(tmp_path, monkeypatch, tokenizer, model_type, lora, method, layers):
     """SFT on the chosen responses, then preference training from the SFT model: the loss goes
     down, the reference stays frozen, and only what should train changes (adapters under LoRA)."""
     start = save_model(tmp_path / "start", tokenizer, model_type)
     data = write_jsonl(tmp_path / "pairs.jsonl", LEARNABLE)
     sft = base_config(tmp_path, start, data)
-    sft["training"].update(output_dir=str(tmp_path / "sft"), max_steps=4, learning_rate=5e-3,
-                           per_device_train_batch_size=4)
+    sft["training"].update(
+        output_dir=str(tmp_path / "sft"), max_steps=4, learning_rate=5e-3, per_device_train_batch_size=4
+    )
     sft_summary = run(config_from_dict(sft, sft=True), sft=True)
     assert sft_summary["global_step"] == 4
     sft_lines = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
@@ -201,8 +248,12 @@ def test_sft_then_preference_training(tmp_path, monkeypatch, tokenizer, model_ty
     if layers:
         loss["intermediate_layers"] = layers
     values = base_config(tmp_path, tmp_path / "sft", data, loss=loss)
-    values["training"].update(output_dir=str(tmp_path / "dpo"), max_steps=6, learning_rate=1e-2 if lora else 5e-3,
-                              per_device_train_batch_size=8)
+    values["training"].update(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=6,
+        learning_rate=1e-2 if lora else 5e-3,
+        per_device_train_batch_size=8,
+    )
     if lora:
         values["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
 
@@ -264,17 +315,27 @@ def test_trains_on_a_builder_and_on_a_weighted_mixture(tmp_path, model_dir):
     """`data.builder` + `data.source` builds Smaug-style pairs on the fly; `data.train` as a list
     mixes sources by weight."""
     arc = base_config(tmp_path, model_dir, "unused")
-    arc["data"] = {"builder": "arc", "source": str(FIXTURES / "arc_challenge_train.jsonl"), "max_length": 96,
-                   "max_prompt_length": 64}
+    arc["data"] = {
+        "builder": "arc",
+        "source": str(FIXTURES / "arc_challenge_train.jsonl"),
+        "max_length": 96,
+        "max_prompt_length": 64,
+    }
     arc["training"].update(output_dir=str(tmp_path / "arc"), per_device_train_batch_size=4)
     summary = run(config_from_dict(arc))
     assert summary["pairs"]["train"] >= 3 * 18  # three pairs per four-choice question
 
     hh = write_jsonl(tmp_path / "pairs.jsonl", ROWS)
     mix = base_config(tmp_path, model_dir, "unused")
-    mix["data"] = {"train": [{"path": str(hh), "weight": 3}, {"path": str(FIXTURES / "hh_rlhf_train.jsonl"),
-                                                              "weight": 1}],
-                   "max_length": 256, "max_prompt_length": 192, "on_bad_rows": "skip"}
+    mix["data"] = {
+        "train": [
+            {"path": str(hh), "weight": 3},
+            {"path": str(FIXTURES / "hh_rlhf_train.jsonl"), "weight": 1},
+        ],
+        "max_length": 256,
+        "max_prompt_length": 192,
+        "on_bad_rows": "skip",
+    }
     mix["training"].update(output_dir=str(tmp_path / "mix"), per_device_train_batch_size=4)
     summary = run(config_from_dict(mix))
     # "sum": the mixture has as many pairs as the sources together (6 + 20), 3:1 by weight, so the

@@ -29,8 +29,13 @@ def write_config(tmp_path, model_dir, train, **sections):
     values = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
-        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "logging_steps": 1,
-                     "per_device_train_batch_size": 2, "disable_tqdm": True},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 2,
+            "logging_steps": 1,
+            "per_device_train_batch_size": 2,
+            "disable_tqdm": True,
+        },
     }
     for name, section in sections.items():
         values.setdefault(name, {}).update(section)
@@ -48,9 +53,15 @@ BAD_ROWS = [
     ('{"prompt": "Q", "chosen": " a"}', "row 3, field 'rejected': missing"),
     ('{"prompt": "Q", "chosen": 7, "rejected": " b"}', "row 3, field 'chosen': expected a string, found int"),
     ('{"prompt": "Q", "chosen": "  ", "rejected": " b"}', "row 3, field 'chosen': empty"),
-    ('{"prompt": "Q", "chosen": " same", "rejected": " same"}', "row 3, field 'rejected': identical to chosen"),
-    ('[1, 2]', "row 3: not a JSON object but list"),
-    ('{"prompt": "' + "word " * 40 + '", "chosen": " a", "rejected": " b"}', "row 3, field 'prompt': the prompt alone"),
+    (
+        '{"prompt": "Q", "chosen": " same", "rejected": " same"}',
+        "row 3, field 'rejected': identical to chosen",
+    ),
+    ("[1, 2]", "row 3: not a JSON object but list"),
+    (
+        '{"prompt": "' + "word " * 40 + '", "chosen": " a", "rejected": " b"}',
+        "row 3, field 'prompt': the prompt alone",
+    ),
 ]
 
 
@@ -80,8 +91,11 @@ def test_skip_bad_rows_counts_them_by_reason(tmp_path, model_dir, capsys):
     assert "skipped 3 bad rows" in capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
     assert [r["row"] for r in report[0]["rows"]] == [2, 4, 5]
-    assert report[0]["by_reason"] == {"not valid JSON (Expecting property name enclosed in double quotes)": 1,
-                                      "rejected: missing": 1, "rejected: identical to chosen": 1}
+    assert report[0]["by_reason"] == {
+        "not valid JSON (Expecting property name enclosed in double quotes)": 1,
+        "rejected: missing": 1,
+        "rejected: identical to chosen": 1,
+    }
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_rows"] == 3 and summary["pairs"]["train"] == 3
 
@@ -136,20 +150,30 @@ def _lines(path):
 
 def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, model_dir):
     train = write_lines(tmp_path / "train.jsonl", good_rows(12))
-    common = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "learning_rate": 5e-3,
-              "seed": 3, "per_device_train_batch_size": 2}
+    common = {
+        "max_steps": 6,
+        "save_strategy": "steps",
+        "save_steps": 3,
+        "learning_rate": 5e-3,
+        "seed": 3,
+        "per_device_train_batch_size": 2,
+    }
 
     def values(out):
-        return {"model": {"name_or_path": str(model_dir)},
-                "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
-                "loss": {"intermediate_layers": [2]},
-                "training": {**common, "output_dir": str(out), "logging_steps": 1, "disable_tqdm": True}}
+        return {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
+            "loss": {"intermediate_layers": [2]},
+            "training": {**common, "output_dir": str(out), "logging_steps": 1, "disable_tqdm": True},
+        }
 
     run(config_from_dict(values(tmp_path / "whole")))
     with pytest.raises(KeyboardInterrupt):
         run(config_from_dict(values(tmp_path / "killed")), callbacks=(CrashAt(5),))
     killed = tmp_path / "killed"
-    assert (killed / "checkpoint-3").is_dir() and max(x["step"] for x in _lines(killed / "metrics.jsonl")) == 4
+    assert (killed / "checkpoint-3").is_dir() and max(
+        x["step"] for x in _lines(killed / "metrics.jsonl")
+    ) == 4
 
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(values(killed)))
@@ -175,10 +199,18 @@ class PoisonAt(TrainerCallback):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, model_dir):
     train = write_lines(tmp_path / "train.jsonl", good_rows())
-    values = {"model": {"name_or_path": str(model_dir)},
-              "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
-              "training": {"output_dir": str(tmp_path / "out"), "max_steps": 8, "logging_steps": 2,
-                           "save_strategy": "steps", "save_steps": 1, "disable_tqdm": True}}
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 8,
+            "logging_steps": 2,
+            "save_strategy": "steps",
+            "save_steps": 1,
+            "disable_tqdm": True,
+        },
+    }
     with pytest.raises(DpolabError) as err:
         run(config_from_dict(values), callbacks=(PoisonAt(4),))
     message = str(err.value)
@@ -191,11 +223,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mode
 
 def test_early_stopping_keeps_the_peak(tmp_path, model_dir):
     train = write_lines(tmp_path / "train.jsonl", good_rows(12))
-    values = {"model": {"name_or_path": str(model_dir)},
-              "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16, "eval_size": 4},
-              "early_stopping": {"patience": 2},
-              "training": {"output_dir": str(tmp_path / "out"), "max_steps": 20, "logging_steps": 1,
-                           "eval_steps": 1, "learning_rate": 0.0, "disable_tqdm": True}}
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16, "eval_size": 4},
+        "early_stopping": {"patience": 2},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 20,
+            "logging_steps": 1,
+            "eval_steps": 1,
+            "learning_rate": 0.0,
+            "disable_tqdm": True,
+        },
+    }
     summary = run(config_from_dict(values))
     # with a learning rate of 0 the first evaluation is the peak; two more without a new one stop the run
     assert summary["global_step"] == 3

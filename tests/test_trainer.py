@@ -17,8 +17,17 @@ from dpolab.trainer import DpolabTrainer
 
 # ATen operators that synchronise with a CUDA device: `.item()` / `float()` / `bool()` go through
 # _local_scalar_dense; the others size their output from the data (bincount reads its maximum back)
-SYNCING = {"_local_scalar_dense", "nonzero", "bincount", "unique", "_unique", "_unique2", "unique_consecutive",
-           "masked_select", "repeat_interleave"}
+SYNCING = {
+    "_local_scalar_dense",
+    "nonzero",
+    "bincount",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_consecutive",
+    "masked_select",
+    "repeat_interleave",
+}
 
 
 class HostSyncSpy(TorchDispatchMode):
@@ -43,8 +52,10 @@ def test_the_spy_sees_synchronising_operators():
     assert spy.seen == ["bincount", "_local_scalar_dense", "nonzero"]
 
 
-PAIRS = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 1], "rejected_ids": [11, 1]},
-         {"prompt_ids": [13, 14], "chosen_ids": [15, 1], "rejected_ids": [16, 17, 18, 1]}]
+PAIRS = [
+    {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 1], "rejected_ids": [11, 1]},
+    {"prompt_ids": [13, 14], "chosen_ids": [15, 1], "rejected_ids": [16, 17, 18, 1]},
+]
 
 
 @pytest.mark.parametrize("reference", ["live", "precomputed"])
@@ -55,10 +66,17 @@ def test_loss_step_has_no_host_synchronisation(tmp_path, reference):
     if reference == "live":
         ref, pairs = ModelReference(tiny_model("llama", vocab_size=64, seed=1), objective.layers), PAIRS
     else:
-        ref, pairs = PrecomputedReference(), [{**p, "ref_logps": [[-20.0, -30.0], [-21.0, -31.0]]} for p in PAIRS]
-    trainer = DpolabTrainer(model=policy, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
-                                                                  report_to="none"),
-                            data_collator=collator, objective=objective, reference=ref)
+        ref, pairs = (
+            PrecomputedReference(),
+            [{**p, "ref_logps": [[-20.0, -30.0], [-21.0, -31.0]]} for p in PAIRS],
+        )
+    trainer = DpolabTrainer(
+        model=policy,
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+        data_collator=collator,
+        objective=objective,
+        reference=ref,
+    )
     batch = collator(pairs)
     with HostSyncSpy() as spy:
         loss = trainer.compute_loss(policy, batch)

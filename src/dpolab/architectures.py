@@ -101,7 +101,9 @@ def anatomy(model: nn.Module) -> Anatomy:
     blocks = _get_path(causal_lm, blocks_path)
     head = causal_lm.get_output_embeddings()
     if not isinstance(head, nn.Linear):
-        raise DpolabError(f"{type(causal_lm).__name__}: its output head is not a linear layer ({type(head).__name__})")
+        raise DpolabError(
+            f"{type(causal_lm).__name__}: its output head is not a linear layer ({type(head).__name__})"
+        )
     return Anatomy(
         causal_lm=causal_lm,
         blocks=blocks,

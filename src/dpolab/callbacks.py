@@ -39,8 +39,11 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= state.global_step]
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= state.global_step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -53,7 +56,7 @@ class MetricsJsonlCallback(TrainerCallback):
         for key, value in logs.items():
             if key == "epoch" or key in _SUMMARY_KEYS:
                 continue
-            name = key[len("eval_"):] if split == "eval" and key.startswith("eval_") else key
+            name = key[len("eval_") :] if split == "eval" and key.startswith("eval_") else key
             record[name] = _clean(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
@@ -90,8 +93,12 @@ class NonFiniteLossCallback(TrainerCallback):
         self.bad_step: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not (control.should_log or control.should_save or control.should_evaluate
-                or state.global_step >= state.max_steps):
+        if not (
+            control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or state.global_step >= state.max_steps
+        ):
             return
         step = int(self.first_bad_step())
         if step >= 0:

@@ -43,8 +43,10 @@ def _check_prompt(b: int, prompt_ids: Sequence[int]) -> None:
     # with no prompt token, nothing predicts the first completion token: its target position would
     # be b·width − 1, the previous row's last slot, and the log-probs silently wrong
     if len(prompt_ids) == 0:
-        raise ValueError(f"example {b} has no prompt tokens; the first completion token needs one before it "
-                         f"(dpolab.data.tokenize rejects such rows)")
+        raise ValueError(
+            f"example {b} has no prompt tokens; the first completion token needs one before it "
+            f"(dpolab.data.tokenize rejects such rows)"
+        )
 
 
 def batch_targets(batch: dict[str, Any]) -> TokenTargets:
@@ -104,7 +106,9 @@ class PairCollator:
         }
         if "ref_logps" in examples[0]:
             ref = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)  # (B, layers, 2)
-            batch["ref_logps"] = ref.permute(1, 0, 2).reshape(ref.shape[1], -1)  # (layers, 2B): c0 r0 c1 r1 ...
+            batch["ref_logps"] = ref.permute(1, 0, 2).reshape(
+                ref.shape[1], -1
+            )  # (layers, 2B): c0 r0 c1 r1 ...
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
         return batch

@@ -151,7 +151,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise DpolabError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise DpolabError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+            raise DpolabError(
+                f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+            )
         return _build(tp, value, key)
     if origin is list:
         if not isinstance(value, list):
@@ -182,7 +184,9 @@ def _build(cls, values: dict[str, Any], prefix: str):
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            raise DpolabError(f"unknown key '{dotted}'{_suggest(key, names, f'{prefix}.' if prefix else '')} (known: {', '.join(names)})")
+            raise DpolabError(
+                f"unknown key '{dotted}'{_suggest(key, names, f'{prefix}.' if prefix else '')} (known: {', '.join(names)})"
+            )
         kwargs[key] = _coerce(dotted, value, hints[key])
     return cls(**kwargs)
 
@@ -240,7 +244,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *, sft: bool = False) -> RunConfig:
+def load_config(
+    path: str | Path | None, overrides: typing.Sequence[str] = (), *, sft: bool = False
+) -> RunConfig:
     """Read, override, type-check and validate a run config. Raises `DpolabError` on any problem."""
     values = read_yaml(path) if path is not None else {}
     values = merge_overrides(values, overrides)
@@ -250,7 +256,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
 def config_from_dict(values: dict[str, Any], *, sft: bool = False) -> RunConfig:
     for section in values:
         if section not in SECTIONS:
-            raise DpolabError(f"unknown section '{section}'{_suggest(section, SECTIONS)} (known: {', '.join(SECTIONS)})")
+            raise DpolabError(
+                f"unknown section '{section}'{_suggest(section, SECTIONS)} (known: {', '.join(SECTIONS)})"
+            )
     config = _build(RunConfig, values, "")
     config.explicit = _explicit_keys(values)
     validate(config, sft=sft)
@@ -276,26 +284,38 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
         raise DpolabError("model.name_or_path is required: a local model folder or a hub id")
     data = config.data
     if data.builder and data.train:
-        raise DpolabError("data.train and data.builder are both set: use data.train for a pairs file, or "
-                          "data.builder with data.source to build pairs from a raw dataset")
+        raise DpolabError(
+            "data.train and data.builder are both set: use data.train for a pairs file, or "
+            "data.builder with data.source to build pairs from a raw dataset"
+        )
     if data.builder and not data.source:
-        raise DpolabError(f"data.builder: {data.builder} needs data.source (the raw {data.builder} file or hub id)")
+        raise DpolabError(
+            f"data.builder: {data.builder} needs data.source (the raw {data.builder} file or hub id)"
+        )
     if data.source and not data.builder:
         raise DpolabError("data.source is only read with data.builder (metamath, arc or hellaswag)")
     if not data.train and not data.builder:
         raise DpolabError("data.train is required: a .jsonl/.json/.parquet file or a hub dataset id")
     if data.max_length is not None and data.max_length < 2:
         raise DpolabError(f"data.max_length: {data.max_length} is too small")
-    if data.max_length is not None and data.max_prompt_length is not None and data.max_prompt_length >= data.max_length:
+    if (
+        data.max_length is not None
+        and data.max_prompt_length is not None
+        and data.max_prompt_length >= data.max_length
+    ):
         raise DpolabError(
             f"data.max_prompt_length ({data.max_prompt_length}) must be below data.max_length ({data.max_length}), "
             f"or no completion token survives; lower it or raise max_length"
         )
     if data.eval and data.eval_size is not None:
-        raise DpolabError("data.eval and data.eval_size are both set: give an eval file, or hold out eval_size "
-                          "of the training pairs, not both")
+        raise DpolabError(
+            "data.eval and data.eval_size are both set: give an eval file, or hold out eval_size "
+            "of the training pairs, not both"
+        )
     if data.eval_size is not None and not data.eval_size > 0:
-        raise DpolabError(f"data.eval_size: {data.eval_size} must be a fraction in (0, 1) or a number of pairs")
+        raise DpolabError(
+            f"data.eval_size: {data.eval_size} must be a fraction in (0, 1) or a number of pairs"
+        )
 
     training = config.training
     fields = _training_fields()
@@ -303,8 +323,10 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
         if key in TRAINING_RESERVED:
             raise DpolabError(f"training.{key} is set by dpolab ({TRAINING_RESERVED[key]}); remove it")
         if key not in fields:
-            raise DpolabError(f"unknown key 'training.{key}'{_suggest(key, fields, 'training.')} "
-                              f"(the training section takes transformers.TrainingArguments fields)")
+            raise DpolabError(
+                f"unknown key 'training.{key}'{_suggest(key, fields, 'training.')} "
+                f"(the training section takes transformers.TrainingArguments fields)"
+            )
 
     if config.model.dtype == "bfloat16" and training.get("fp16"):
         raise DpolabError("model.dtype bfloat16 with training.fp16 true: use training.bf16 (or neither)")
@@ -313,16 +335,24 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
     has_eval = bool(data.eval) or data.eval_size is not None
     if es.patience is not None:
         if es.patience < 1:
-            raise DpolabError(f"early_stopping.patience: {es.patience} must be at least 1 (or null to disable)")
+            raise DpolabError(
+                f"early_stopping.patience: {es.patience} must be at least 1 (or null to disable)"
+            )
         if not has_eval:
-            raise DpolabError("early_stopping.patience needs evaluation data: set data.eval or data.eval_size")
+            raise DpolabError(
+                "early_stopping.patience needs evaluation data: set data.eval or data.eval_size"
+            )
         if training.get("eval_strategy", "steps") == "no":
-            raise DpolabError("early_stopping.patience with training.eval_strategy 'no': early stopping needs "
-                              "evaluations; set training.eval_strategy to steps or epoch")
+            raise DpolabError(
+                "early_stopping.patience with training.eval_strategy 'no': early stopping needs "
+                "evaluations; set training.eval_strategy to steps or epoch"
+            )
         for key in ("load_best_model_at_end", "metric_for_best_model", "greater_is_better"):
             if key in training:
-                raise DpolabError(f"training.{key} is set by early_stopping; remove it (the best checkpoint by "
-                                  f"eval {es.metric} is kept)")
+                raise DpolabError(
+                    f"training.{key} is set by early_stopping; remove it (the best checkpoint by "
+                    f"eval {es.metric} is kept)"
+                )
 
     if sft:
         return  # the loss and reference sections play no part in SFT
@@ -330,15 +360,19 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
     if loss.beta <= 0:
         raise DpolabError(f"loss.beta: {loss.beta} must be positive (the papers use 0.1 to 0.5)")
     if "loss.dpop_lambda" in explicit and loss.method != "dpop":
-        raise DpolabError(f"loss.dpop_lambda is only used by loss.method dpop (this config says {loss.method}); "
-                          f"remove it, or set loss.method=dpop")
+        raise DpolabError(
+            f"loss.dpop_lambda is only used by loss.method dpop (this config says {loss.method}); "
+            f"remove it, or set loss.method=dpop"
+        )
     if loss.dpop_lambda < 0:
         raise DpolabError(f"loss.dpop_lambda: {loss.dpop_lambda} must be ≥ 0")
     if not loss.intermediate_layers:
         for key in ("loss.gamma", "loss.final_norm"):
             if key in explicit:
-                raise DpolabError(f"{key} only matters with loss.intermediate_layers; remove it, or list the "
-                                  f"layers, e.g. loss.intermediate_layers=[8,16]")
+                raise DpolabError(
+                    f"{key} only matters with loss.intermediate_layers; remove it, or list the "
+                    f"layers, e.g. loss.intermediate_layers=[8,16]"
+                )
     if not 0.0 <= loss.gamma <= 1.0:
         raise DpolabError(f"loss.gamma: {loss.gamma} must be in [0, 1] (the paper uses 0.9)")
     if len(set(loss.intermediate_layers)) != len(loss.intermediate_layers):

@@ -114,8 +114,10 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         acc = _accumulation_dtype(hidden.dtype)
         out = torch.empty(n_rows, dtype=acc, device=hidden.device)
         lse = torch.empty(n_rows, dtype=acc, device=hidden.device)
-        keep_expected = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not (
-            bias is not None and ctx.needs_input_grad[2]
+        keep_expected = (
+            ctx.needs_input_grad[0]
+            and not ctx.needs_input_grad[1]
+            and not (bias is not None and ctx.needs_input_grad[2])
         )
         expected = torch.empty_like(hidden) if keep_expected else None
         with _full_head(weight, bias) as (full_weight, full_bias):
@@ -137,8 +139,14 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         # the backward's recomputation must round the logits as this forward did (under autocast, the
         # product is taken in the autocast dtype; backward would otherwise run outside autocast)
         ctx.autocast_dtype = _autocast_dtype(hidden.device.type)
-        ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), tokens, lse,
-                              expected if keep_expected else hidden.new_empty(0))
+        ctx.save_for_backward(
+            hidden,
+            weight,
+            bias if bias is not None else hidden.new_empty(0),
+            tokens,
+            lse,
+            expected if keep_expected else hidden.new_empty(0),
+        )
         ctx.keep_expected = keep_expected
         return out
 
@@ -149,11 +157,16 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = _accumulation_dtype(hidden.dtype)
         grad_out = grad_out.to(acc)
-        autocast = (torch.autocast(hidden.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype is not None
-                    else nullcontext())
+        autocast = (
+            torch.autocast(hidden.device.type, dtype=ctx.autocast_dtype)
+            if ctx.autocast_dtype is not None
+            else nullcontext()
+        )
         with _full_head(weight, bias) as (weight, bias), autocast:
             if ctx.keep_expected:
-                grad_hidden = grad_out[:, None].to(hidden.dtype) * (weight[tokens].to(hidden.dtype) - expected)
+                grad_hidden = grad_out[:, None].to(hidden.dtype) * (
+                    weight[tokens].to(hidden.dtype) - expected
+                )
                 return grad_hidden, None, None, None, None
 
             n_rows, vocab = hidden.shape[0], weight.shape[0]
@@ -238,7 +251,8 @@ class TokenTargets:
         which reads the largest id back to the host on a GPU)."""
         ones = torch.ones_like(self.segments)
         return torch.zeros(self.num_segments, dtype=torch.long, device=self.segments.device).index_add_(
-            0, self.segments, ones)
+            0, self.segments, ones
+        )
 
 
 def targets_from_completion_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor) -> TokenTargets:
@@ -408,7 +422,9 @@ def layer_logprobs(
             h = h.reshape(-1, h.shape[-1]).index_select(0, targets.positions)
             if k != final_layer and final_norm:
                 h = norm(h)
-            token_lp = token_logprobs(h, head_self.weight, head_self.bias, targets.tokens, chunk_tokens=chunk_tokens)
+            token_lp = token_logprobs(
+                h, head_self.weight, head_self.bias, targets.tokens, chunk_tokens=chunk_tokens
+            )
             sums = token_lp.new_zeros(targets.num_segments).index_add(0, targets.segments, token_lp)
             per_layer.append(sums)
         return torch.stack(per_layer)

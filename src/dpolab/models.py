@@ -53,10 +53,14 @@ def load_tokenizer(section: ModelSection):
     from transformers import AutoTokenizer
 
     name = section.tokenizer_name_or_path or section.name_or_path
-    tokenizer = _load("tokenizer", name, AutoTokenizer.from_pretrained, trust_remote_code=section.trust_remote_code)
+    tokenizer = _load(
+        "tokenizer", name, AutoTokenizer.from_pretrained, trust_remote_code=section.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise DpolabError(f"tokenizer {name!r} has neither a pad nor an EOS token; dpolab needs one to pad")
+            raise DpolabError(
+                f"tokenizer {name!r} has neither a pad nor an EOS token; dpolab needs one to pad"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -62,8 +62,12 @@ class PreferenceObjective:
         for i, layer in enumerate(policy.layers):
             pol, ref = policy.logps[i], reference_logps[i]
             if self.method in LENGTH_AVERAGED:  # IPO: per-token averages (NOTES.md)
-                args = (pol[0::2] / lengths[0::2], pol[1::2] / lengths[1::2],
-                        ref[0::2] / lengths[0::2], ref[1::2] / lengths[1::2])
+                args = (
+                    pol[0::2] / lengths[0::2],
+                    pol[1::2] / lengths[1::2],
+                    ref[0::2] / lengths[0::2],
+                    ref[1::2] / lengths[1::2],
+                )
             else:
                 args = (pol[0::2], pol[1::2], ref[0::2], ref[1::2])
             losses, _, _ = loss_fn(*args, **kwargs)

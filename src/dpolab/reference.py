@@ -27,9 +27,20 @@ log = logging.getLogger("dpolab")
 class ModelReference:
     """A separate frozen model (a copy of the starting weights, or `ref_name_or_path`)."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], *, final_norm: bool = True,
-                 chunk_tokens: int | None = None):
-        self.model, self.layers, self.final_norm, self.chunk_tokens = model, tuple(layers), final_norm, chunk_tokens
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        *,
+        final_norm: bool = True,
+        chunk_tokens: int | None = None,
+    ):
+        self.model, self.layers, self.final_norm, self.chunk_tokens = (
+            model,
+            tuple(layers),
+            final_norm,
+            chunk_tokens,
+        )
 
     def to(self, device) -> ModelReference:
         self.model.to(device)
@@ -37,8 +48,14 @@ class ModelReference:
 
     @torch.no_grad()
     def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
-        out = layer_logprobs(self.model, batch, self.layers, final_norm=self.final_norm,
-                             chunk_tokens=self.chunk_tokens, targets=batch_targets(batch))
+        out = layer_logprobs(
+            self.model,
+            batch,
+            self.layers,
+            final_norm=self.final_norm,
+            chunk_tokens=self.chunk_tokens,
+            targets=batch_targets(batch),
+        )
         return out.logps
 
 
@@ -60,8 +77,14 @@ class AdapterDisabledReference:
     @torch.no_grad()
     def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
         with _peft_model(policy).disable_adapter():
-            out = layer_logprobs(policy, batch, self.layers, final_norm=self.final_norm,
-                                 chunk_tokens=self.chunk_tokens, targets=batch_targets(batch))
+            out = layer_logprobs(
+                policy,
+                batch,
+                self.layers,
+                final_norm=self.final_norm,
+                chunk_tokens=self.chunk_tokens,
+                targets=batch_targets(batch),
+            )
         return out.logps
 
 
@@ -89,7 +112,11 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
         return {"hub_id": name_or_path}
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
-        if file.name == "config.json" or file.suffix in (".safetensors", ".bin") or file.name.endswith(".index.json"):
+        if (
+            file.name == "config.json"
+            or file.suffix in (".safetensors", ".bin")
+            or file.name.endswith(".index.json")
+        ):
             digest.update(file.name.encode())
             size = file.stat().st_size
             digest.update(str(size).encode())
@@ -101,12 +128,21 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
     return {"path": str(path.resolve()), "files": digest.hexdigest()}
 
 
-def cache_key(*, model: dict[str, Any], pairs: Sequence[dict[str, Any]], layers: Sequence[int],
-              final_norm: bool, dtype: str) -> str:
+def cache_key(
+    *,
+    model: dict[str, Any],
+    pairs: Sequence[dict[str, Any]],
+    layers: Sequence[int],
+    final_norm: bool,
+    dtype: str,
+) -> str:
     """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"model": model, "layers": list(layers), "final_norm": final_norm,
-                              "dtype": dtype}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"model": model, "layers": list(layers), "final_norm": final_norm, "dtype": dtype}, sort_keys=True
+        ).encode()
+    )
     for pair in pairs:
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
             digest.update(len(pair[key]).to_bytes(4, "little"))
@@ -124,9 +160,16 @@ def _distributed() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def compute_reference_logps(reference, pairs: Sequence[dict[str, Any]], collator, *, batch_size: int,
-                            device: torch.device, policy: nn.Module | None = None,
-                            progress: bool = True) -> torch.Tensor:
+def compute_reference_logps(
+    reference,
+    pairs: Sequence[dict[str, Any]],
+    collator,
+    *,
+    batch_size: int,
+    device: torch.device,
+    policy: nn.Module | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """`(num_pairs, len(layers), 2)` reference log-probs [chosen, rejected] of every pair.
 
     Under several processes each computes every world-size-th batch (the same batches a single
@@ -136,8 +179,12 @@ def compute_reference_logps(reference, pairs: Sequence[dict[str, Any]], collator
     rank, world = _distributed()
     starts = list(range(0, len(pairs), batch_size))
     mine = {}
-    for index in tqdm(range(rank, len(starts), world), desc="reference log-probs", leave=False,
-                      disable=not progress or rank != 0):
+    for index in tqdm(
+        range(rank, len(starts), world),
+        desc="reference log-probs",
+        leave=False,
+        disable=not progress or rank != 0,
+    ):
         start = starts[index]
         batch = collator(list(pairs[start : start + batch_size]))
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

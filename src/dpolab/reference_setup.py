@@ -62,8 +62,13 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
     for pairs in (prepared.train, prepared.eval):
         if not pairs:
             continue
-        key = cache_key(model=model_fingerprint(ref_path), pairs=pairs, layers=layers, final_norm=final_norm,
-                        dtype=section.dtype)
+        key = cache_key(
+            model=model_fingerprint(ref_path),
+            pairs=pairs,
+            layers=layers,
+            final_norm=final_norm,
+            dtype=section.dtype,
+        )
 
         def compute(pairs=pairs):
             if adapters:
@@ -73,7 +78,10 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
                 # the policy itself serves, with no second copy in memory
                 reference, owner = ModelReference(policy, layers, final_norm=final_norm), None
             else:
-                reference, owner = ModelReference(load_frozen_reference(section), layers, final_norm=final_norm), None
+                reference, owner = (
+                    ModelReference(load_frozen_reference(section), layers, final_norm=final_norm),
+                    None,
+                )
             if adapters or section.ref_name_or_path is None:
                 policy.to(args.device)
             else:
@@ -81,8 +89,9 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
             training = policy.training
             policy.eval()  # no dropout in the reference's log-probs
             try:
-                values = compute_reference_logps(reference, pairs, collator, batch_size=batch_size,
-                                                 device=args.device, policy=owner)
+                values = compute_reference_logps(
+                    reference, pairs, collator, batch_size=batch_size, device=args.device, policy=owner
+                )
             finally:
                 policy.train(training)
             del reference
@@ -92,7 +101,9 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
         # every process computes a share of the batches (dpolab.reference); the first caches them
         values = cached_reference_logps(key, cache_dir, compute)
         if values.shape[0] != len(pairs):
-            raise RuntimeError(f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}")
+            raise RuntimeError(
+                f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}"
+            )
         for pair, row in zip(pairs, values.tolist()):
             pair["ref_logps"] = row
     log.info("reference: log-probs precomputed for %d layers; no reference model in memory", len(layers))

@@ -32,18 +32,26 @@ class PreparedData:
     truncated_completions: int = 0
 
 
-def _load_examples(spec, *, split, config: RunConfig, limit: int | None = None
-                   ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
+def _load_examples(
+    spec, *, split, config: RunConfig, limit: int | None = None
+) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     data = config.data
     if isinstance(spec, list) or data.builder:
         from dpolab.data.mixture import load_sources  # sources with weights, or a builder
 
-        specs = spec if isinstance(spec, list) else [{"path": data.source, "builder": data.builder, "split": split}]
+        specs = (
+            spec
+            if isinstance(spec, list)
+            else [{"path": data.source, "builder": data.builder, "split": split}]
+        )
         seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
-        examples, reports = load_sources(specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed,
-                                         mix_strategy=data.mix_strategy)
+        examples, reports = load_sources(
+            specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed, mix_strategy=data.mix_strategy
+        )
         return examples[:limit], reports
-    examples, report = load_pairs(spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit)
+    examples, report = load_pairs(
+        spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit
+    )
     return examples, [report]
 
 
@@ -54,10 +62,14 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
     pairs = []
     for example in examples:
         try:
-            pair = tokenize(example, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
+            pair = tokenize(
+                example, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length
+            )
         except BadRow as err:
             name = example.source or source
-            policies.setdefault(name, BadRowPolicy(name, data.on_bad_rows)).bad(example.row, err.field, err.reason)
+            policies.setdefault(name, BadRowPolicy(name, data.on_bad_rows)).bad(
+                example.row, err.field, err.reason
+            )
             continue
         prepared.truncated_prompts += pair.prompt_truncated
         prepared.truncated_completions += pair.completion_truncated
@@ -68,7 +80,9 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
     for index, item in enumerate(pairs):
         item["index"] = index
     if not pairs:
-        raise DpolabError(f"{source}: no pair survives tokenisation (see data.max_length / max_prompt_length)")
+        raise DpolabError(
+            f"{source}: no pair survives tokenisation (see data.max_length / max_prompt_length)"
+        )
     return pairs
 
 
@@ -79,17 +93,22 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
     train_spec = data.train
     train_examples, reports = _load_examples(train_spec, split=data.split, config=config, limit=data.limit)
     prepared.reports += [r for r in reports if r.skipped]
-    prepared.train = _tokenize_all(train_examples, str(train_spec or data.source), tokenizer, config, sft=sft,
-                                   prepared=prepared)
+    prepared.train = _tokenize_all(
+        train_examples, str(train_spec or data.source), tokenizer, config, sft=sft, prepared=prepared
+    )
     if data.eval:
         eval_examples, reports = _load_examples(data.eval, split=data.eval_split or "test", config=config)
         prepared.reports += [r for r in reports if r.skipped]
-        prepared.eval = _tokenize_all(eval_examples, str(data.eval), tokenizer, config, sft=sft, prepared=prepared)
+        prepared.eval = _tokenize_all(
+            eval_examples, str(data.eval), tokenizer, config, sft=sft, prepared=prepared
+        )
     elif data.eval_size is not None:
         n_eval = round(data.eval_size * len(prepared.train)) if data.eval_size < 1 else int(data.eval_size)
         if not 0 < n_eval < len(prepared.train):
-            raise DpolabError(f"data.eval_size: {data.eval_size} leaves {n_eval} of {len(prepared.train)} pairs "
-                              f"for evaluation; choose a size that keeps pairs on both sides")
+            raise DpolabError(
+                f"data.eval_size: {data.eval_size} leaves {n_eval} of {len(prepared.train)} pairs "
+                f"for evaluation; choose a size that keeps pairs on both sides"
+            )
         order = list(range(len(prepared.train)))
         random.Random(int(config.training.get("seed", 42))).shuffle(order)
         held = set(order[:n_eval])
@@ -117,7 +136,9 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
         values.setdefault("eval_steps", values.get("logging_steps"))
     es = config.early_stopping
     if es.patience is not None:
-        values.update(load_best_model_at_end=True, metric_for_best_model=f"eval_{es.metric}", greater_is_better=True)
+        values.update(
+            load_best_model_at_end=True, metric_for_best_model=f"eval_{es.metric}", greater_is_better=True
+        )
         if "save_strategy" not in config.training:
             values["save_strategy"] = values.get("eval_strategy", "steps")
         if "save_steps" not in config.training and values.get("eval_steps"):
@@ -175,31 +196,50 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     if prepared.reports and first_process:
         write_json_atomic(output_dir / "bad_rows.json", [r.to_dict() for r in prepared.reports])
     if prepared.truncated_prompts or prepared.truncated_completions:
-        log.info("truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",
-                 prepared.truncated_prompts, prepared.truncated_completions)
+        log.info(
+            "truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",
+            prepared.truncated_prompts,
+            prepared.truncated_completions,
+        )
     log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if has_eval else "no")
 
     policy = load_policy(section)
     trainable, total = count_parameters(policy)
-    log.info("model: %s, %d layers, %.2fM parameters, %.2fM trainable", section.name_or_path, num_layers,
-             total / 1e6, trainable / 1e6)
+    log.info(
+        "model: %s, %d layers, %.2fM parameters, %.2fM trainable",
+        section.name_or_path,
+        num_layers,
+        total / 1e6,
+        trainable / 1e6,
+    )
     if sft:
         objective = SFTObjective(final_layer=num_layers)
         reference = None
         collator = SequenceCollator(pad_token_id=tokenizer.pad_token_id)
     else:
         loss = config.loss
-        objective = PreferenceObjective(method=loss.method, beta=loss.beta, final_layer=num_layers,
-                                        intermediate_layers=tuple(loss.intermediate_layers), gamma=loss.gamma,
-                                        dpop_lambda=loss.dpop_lambda)
+        objective = PreferenceObjective(
+            method=loss.method,
+            beta=loss.beta,
+            final_layer=num_layers,
+            intermediate_layers=tuple(loss.intermediate_layers),
+            gamma=loss.gamma,
+            dpop_lambda=loss.dpop_lambda,
+        )
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id)
         reference = build_reference(config, policy, objective.layers, prepared, collator, args)
 
     train_dataset = datasets.Dataset.from_list(prepared.train)
     eval_dataset = datasets.Dataset.from_list(prepared.eval) if has_eval else None
     trainer = DpolabTrainer(
-        model=policy, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=collator, processing_class=tokenizer, objective=objective, reference=reference,
+        model=policy,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        objective=objective,
+        reference=reference,
         final_norm=config.loss.final_norm,
     )
     nonfinite = NonFiniteLossCallback(lambda: trainer.nonfinite_step.item())
@@ -209,16 +249,24 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LiveProgressCallback())
     if config.early_stopping.patience is not None:
-        trainer.add_callback(EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.threshold))
+        trainer.add_callback(
+            EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.threshold)
+        )
     for callback in callbacks:
         trainer.add_callback(callback)
 
     result = trainer.train(resume_from_checkpoint=resume)
     if nonfinite.bad_step is not None:
         checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved before it"
-        raise DpolabError(f"the loss became non-finite at step {nonfinite.bad_step}; training stopped and the model "
-                          f"was not saved; {last} (lower training.learning_rate, or check the data)")
+        last = (
+            f"the last good checkpoint is {checkpoints[-1]}"
+            if checkpoints
+            else "no checkpoint was saved before it"
+        )
+        raise DpolabError(
+            f"the loss became non-finite at step {nonfinite.bad_step}; training stopped and the model "
+            f"was not saved; {last} (lower training.learning_rate, or check the data)"
+        )
     trainer.save_model(str(output_dir))
     summary = {
         "command": "sft" if sft else "train",

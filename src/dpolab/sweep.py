@@ -63,7 +63,9 @@ def run_name(overrides: list[str]) -> str:
     return "_".join(parts) or "base"
 
 
-def sweep(config_path: str, axes: list[str], *, out_dir: str | None = None, report: bool = True) -> list[Path]:
+def sweep(
+    config_path: str, axes: list[str], *, out_dir: str | None = None, report: bool = True
+) -> list[Path]:
     """Run the grid; returns the run folders in grid order."""
     combos = grid(axes)
     varying = [i for i in range(len(axes)) if len(split_values(axes[i].split("=", 1)[1])) > 1]
@@ -81,11 +83,21 @@ def sweep(config_path: str, axes: list[str], *, out_dir: str | None = None, repo
             log.info("sweep %d/%d: %s already finished, skipped", n, len(runs), folder)
             continue
         log.info("sweep %d/%d: %s (%s)", n, len(runs), folder, " ".join(combo))
-        command = [sys.executable, "-m", "dpolab", "train", config_path, *combo, f"training.output_dir={folder}"]
+        command = [
+            sys.executable,
+            "-m",
+            "dpolab",
+            "train",
+            config_path,
+            *combo,
+            f"training.output_dir={folder}",
+        ]
         finished = subprocess.run(command)
         if finished.returncode != 0:
-            raise DpolabError(f"sweep run {folder} failed (exit code {finished.returncode}); finished runs are kept, "
-                              f"re-run the same command to continue")
+            raise DpolabError(
+                f"sweep run {folder} failed (exit code {finished.returncode}); finished runs are kept, "
+                f"re-run the same command to continue"
+            )
     folders = [f for _, f in runs]
     if report:
         from dpolab.report import write_report

@@ -27,7 +27,9 @@ DEFAULT_CORPUS = [
 ]
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int = 300, chat_template: bool = True):
+def build_tokenizer(
+    corpus: Iterable[str] | None = None, *, vocab_size: int = 300, chat_template: bool = True
+):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `corpus`, with <s> prepended to every
     encoded text, </s> as EOS, <pad> for padding and, optionally, a small chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -64,33 +66,62 @@ _FAMILY_CONFIGS = {
 }
 
 
-def tiny_config(model_type: str = "llama", *, vocab_size: int = 300, hidden_size: int = 32, num_layers: int = 4,
-                num_heads: int = 4, intermediate_size: int | None = None, max_positions: int = 512,
-                tie_word_embeddings: bool = False, **overrides):
+def tiny_config(
+    model_type: str = "llama",
+    *,
+    vocab_size: int = 300,
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_positions: int = 512,
+    tie_word_embeddings: bool = False,
+    **overrides,
+):
     """A small config of the given family, with dropout off (so that two forwards agree)."""
     import transformers
 
     config_cls = getattr(transformers, _FAMILY_CONFIGS[model_type][0])
     intermediate_size = intermediate_size or 2 * hidden_size
     if model_type == "gpt2":
-        kwargs = dict(n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=intermediate_size,
-                      n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        kwargs = dict(
+            n_embd=hidden_size,
+            n_layer=num_layers,
+            n_head=num_heads,
+            n_inner=intermediate_size,
+            n_positions=max_positions,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     else:
-        kwargs = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                      intermediate_size=intermediate_size, max_position_embeddings=max_positions)
+        kwargs = dict(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_positions,
+        )
         if model_type in ("llama", "mistral", "qwen2", "qwen3"):
             kwargs["num_key_value_heads"] = max(1, num_heads // 2)
         if model_type == "qwen3":
             kwargs["head_dim"] = hidden_size // num_heads
         if model_type == "gpt_neox":
             kwargs.update(hidden_dropout=0.0, attention_dropout=0.0)
-    kwargs.update(vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
-                  bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    kwargs.update(
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     kwargs.update(overrides)
     return config_cls(**kwargs)
 
 
-def tiny_model(model_type: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs):
+def tiny_model(
+    model_type: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs
+):
     """A tiny randomly initialised causal LM of the given family, in eval mode."""
     import transformers
 

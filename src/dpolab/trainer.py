@@ -56,8 +56,15 @@ class DpolabTrainer(Trainer):
         Everything else goes to `transformers.Trainer`.
     """
 
-    def __init__(self, *args, objective, reference=None, final_norm: bool = True,
-                 chunk_tokens: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        objective,
+        reference=None,
+        final_norm: bool = True,
+        chunk_tokens: int | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.reference = reference
@@ -69,10 +76,18 @@ class DpolabTrainer(Trainer):
         # the first step at which the loss was not finite (-1: none), kept on the device
         self.nonfinite_step = torch.tensor(-1)
 
-    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+    def compute_loss(
+        self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
+    ):
         split = "train" if model.training else "eval"
-        policy = layer_logprobs(model, inputs, self.objective.layers, final_norm=self.final_norm,
-                                chunk_tokens=self.chunk_tokens, targets=batch_targets(inputs))
+        policy = layer_logprobs(
+            model,
+            inputs,
+            self.objective.layers,
+            final_norm=self.final_norm,
+            chunk_tokens=self.chunk_tokens,
+            targets=batch_targets(inputs),
+        )
         reference = self.reference.logps(inputs, model) if self.reference is not None else None
         loss, metrics = self.objective(policy, reference)
         self._metrics[split].add(metrics)

@@ -28,14 +28,27 @@ def test_layer_analysis_equals_the_logged_eval_metrics(tmp_path, tokenizer, mode
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "run"
     beta = 0.5
-    run(config_from_dict({
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(data), "eval": str(data), "max_length": 64, "max_prompt_length": 32},
-        "loss": {"method": "dpo", "beta": beta, "intermediate_layers": [2]},
-        "training": {"output_dir": str(out), "max_steps": 2, "logging_steps": 1, "eval_strategy": "steps",
-                     "eval_steps": 2, "learning_rate": 1e-2, "per_device_train_batch_size": 4,
-                     "per_device_eval_batch_size": 4, "disable_tqdm": True, "seed": 0},
-    }))
+    run(
+        config_from_dict(
+            {
+                "model": {"name_or_path": str(model_dir)},
+                "data": {"train": str(data), "eval": str(data), "max_length": 64, "max_prompt_length": 32},
+                "loss": {"method": "dpo", "beta": beta, "intermediate_layers": [2]},
+                "training": {
+                    "output_dir": str(out),
+                    "max_steps": 2,
+                    "logging_steps": 1,
+                    "eval_strategy": "steps",
+                    "eval_steps": 2,
+                    "learning_rate": 1e-2,
+                    "per_device_train_batch_size": 4,
+                    "per_device_eval_batch_size": 4,
+                    "disable_tqdm": True,
+                    "seed": 0,
+                },
+            }
+        )
+    )
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [x for x in lines if x["split"] == "eval"][-1]
     assert logged["step"] == 2  # evaluated with the weights that were saved

@@ -17,10 +17,21 @@ from dpolab.losses import dpo_loss
 from dpolab.tiny import tiny_model
 
 PAIRS = [
-    {"prompt": "What is the capital of France?", "chosen": " The capital of France is Paris.", "rejected": " Rome."},
-    {"prompt": "Tom has 3 apples and buys 5 more.", "chosen": " 3 + 5 = 8. #### 8", "rejected": " 3 + 5 = 9. #### 9"},
-    {"prompt": [{"role": "user", "content": "Say hi"}], "chosen": [{"role": "assistant", "content": "Hi!"}],
-     "rejected": [{"role": "assistant", "content": "No."}]},
+    {
+        "prompt": "What is the capital of France?",
+        "chosen": " The capital of France is Paris.",
+        "rejected": " Rome.",
+    },
+    {
+        "prompt": "Tom has 3 apples and buys 5 more.",
+        "chosen": " 3 + 5 = 8. #### 8",
+        "rejected": " 3 + 5 = 9. #### 9",
+    },
+    {
+        "prompt": [{"role": "user", "content": "Say hi"}],
+        "chosen": [{"role": "assistant", "content": "Hi!"}],
+        "rejected": [{"role": "assistant", "content": "No."}],
+    },
 ]
 
 
@@ -58,15 +69,21 @@ def test_final_layer_is_minus_the_dpo_loss(tmp_path, tokenizer, models):
     assert result["layers"] == [1, 2, 3] and result["kind"] == "layers"
 
     def logps(model, layer=None):
-        return (torch.tensor([naive_logp(model, p.prompt_ids, p.chosen_ids, layer) for p in pairs]),
-                torch.tensor([naive_logp(model, p.prompt_ids, p.rejected_ids, layer) for p in pairs]))
+        return (
+            torch.tensor([naive_logp(model, p.prompt_ids, p.chosen_ids, layer) for p in pairs]),
+            torch.tensor([naive_logp(model, p.prompt_ids, p.rejected_ids, layer) for p in pairs]),
+        )
 
     (pc, pr), (rc, rr) = logps(policy), logps(reference)
     losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, beta=beta)
     final = result["models"]["policy"]
     assert final["dpo_likelihood"][-1] == pytest.approx(-float(losses.mean()), abs=1e-5)
-    assert final["rewards/accuracies"][-1] == pytest.approx(float((chosen_rewards > rejected_rewards).float().mean()))
-    assert final["rewards/margins"][-1] == pytest.approx(float((chosen_rewards - rejected_rewards).mean()), abs=1e-5)
+    assert final["rewards/accuracies"][-1] == pytest.approx(
+        float((chosen_rewards > rejected_rewards).float().mean())
+    )
+    assert final["rewards/margins"][-1] == pytest.approx(
+        float((chosen_rewards - rejected_rewards).mean()), abs=1e-5
+    )
     # layer 2 of 3: the logit lens through the final norm, policy and reference alike
     (pc, pr), (rc, rr) = logps(policy, 2), logps(reference, 2)
     expected = torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()
@@ -105,12 +122,50 @@ def test_cli_several_models_one_plot(tmp_path, tokenizer, model_dir, capsys):
     tokenizer.save_pretrained(second)
     pairs = write_pairs(tmp_path / "p.jsonl")
     out = tmp_path / "eval" / "layers.json"
-    assert main(["analyze", "layers", "--model", f"sft={model_dir}", "--model", str(second), "--reference",
-                 str(model_dir), "--pairs", str(pairs), "--beta", "0.1", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "layers",
+                "--model",
+                f"sft={model_dir}",
+                "--model",
+                str(second),
+                "--reference",
+                str(model_dir),
+                "--pairs",
+                str(pairs),
+                "--beta",
+                "0.1",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert list(result["models"]) == ["sft", "dpo"] and len(result["layers"]) == 4
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "DPO likelihood" in capsys.readouterr().out
-    assert main(["analyze", "layers", "--model", str(second), "--reference", str(model_dir), "--pairs", str(pairs),
-                 "--beta", "0.1", "--output", str(out), "--layers", "0,9"]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "layers",
+                "--model",
+                str(second),
+                "--reference",
+                str(model_dir),
+                "--pairs",
+                str(pairs),
+                "--beta",
+                "0.1",
+                "--output",
+                str(out),
+                "--layers",
+                "0,9",
+            ]
+        )
+        == 2
+    )
     assert "outside 1..4" in capsys.readouterr().err

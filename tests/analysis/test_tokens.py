@@ -21,8 +21,10 @@ def test_first_difference():
 
 
 def test_spans_by_hand():
-    logps = [([-1.0, -2.0, -3.0], [-1.0, -5.0, -6.0]),  # m = 1
-             ([-4.0], [-8.0])]                            # m = 0
+    logps = [
+        ([-1.0, -2.0, -3.0], [-1.0, -5.0, -6.0]),  # m = 1
+        ([-4.0], [-8.0]),
+    ]  # m = 0
     spans = span_logprobs(logps, [1, 0])
     assert spans["chosen_before_m"] == {"mean": -1.0, "pair_mean": -1.0, "tokens": 1, "pairs": 1}
     # pooled: (−2 − 3 − 4)/3 = −3; per pair first: mean(−2.5, −4) = −3.25
@@ -62,19 +64,51 @@ def test_token_analysis_matches_a_naive_forward(tokenizer):
         assert spans["chosen_before_m"]["tokens"] == 3 and spans["chosen_from_m"]["tokens"] == 8
         assert spans["chosen_before_m"]["mean"] == pytest.approx(sum(before) / len(before), abs=1e-5)
         assert spans["chosen_from_m"]["mean"] == pytest.approx(sum(after) / len(after), abs=1e-5)
-        assert spans["rejected_from_m"]["mean"] == pytest.approx(sum(rejected_after) / len(rejected_after), abs=1e-5)
+        assert spans["rejected_from_m"]["mean"] == pytest.approx(
+            sum(rejected_after) / len(rejected_after), abs=1e-5
+        )
 
 
 def test_cli(tmp_path, model_dir, capsys):
     pairs = tmp_path / "metamath.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "Tom has 3 apples and buys 5 more.", "chosen": " 3 + 5 = 8. #### 8", "rejected": " 3 + 5 = 9. #### 9"},
-        {"prompt": "What is 2 + 2?", "chosen": " 2 + 2 = 4. #### 4", "rejected": " 2 + 2 = 5. #### 5"},
-    ]))
+    pairs.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {
+                    "prompt": "Tom has 3 apples and buys 5 more.",
+                    "chosen": " 3 + 5 = 8. #### 8",
+                    "rejected": " 3 + 5 = 9. #### 9",
+                },
+                {
+                    "prompt": "What is 2 + 2?",
+                    "chosen": " 2 + 2 = 4. #### 4",
+                    "rejected": " 2 + 2 = 5. #### 5",
+                },
+            ]
+        )
+    )
     out = tmp_path / "tokens.json"
     plot = tmp_path / "plots" / "tokens.png"
-    assert main(["analyze", "tokens", "--model", f"dpo={model_dir}", "--reference", str(model_dir), "--pairs",
-                 str(pairs), "--output", str(out), "--plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "tokens",
+                "--model",
+                f"dpo={model_dir}",
+                "--reference",
+                str(model_dir),
+                "--pairs",
+                str(pairs),
+                "--output",
+                str(out),
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["kind"] == "tokens" and list(result["models"]) == ["reference", "dpo"]
     # the same weights: identical numbers

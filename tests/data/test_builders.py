@@ -157,7 +157,10 @@ def test_metamath_is_seeded_per_row():
 
 
 @settings(max_examples=200, deadline=None)
-@given(number=st.from_regex(r"\A(?:[1-9]\d{0,2}(?:,\d{3}){0,2}|0|[1-9]\d{0,5})(?:\.\d{1,3})?\Z"), seed=st.integers(0, 10**6))
+@given(
+    number=st.from_regex(r"\A(?:[1-9]\d{0,2}(?:,\d{3}){0,2}|0|[1-9]\d{0,5})(?:\.\d{1,3})?\Z"),
+    seed=st.integers(0, 10**6),
+)
 def test_wrong_number_keeps_the_format(number, seed):
     new = wrong_number(number, random.Random(seed))
     value, new_value = float(number.replace(",", "")), float(new.replace(",", ""))
@@ -179,14 +182,21 @@ _lines = st.tuples(st.integers(1, 500), st.integers(1, 500), st.sampled_from("+-
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps=st.lists(_lines, min_size=1, max_size=6), filler=st.sampled_from(["", "So far so good.\n"]),
-       answer_style=st.sampled_from(["metamath", "gsm8k", "both"]), seed=st.integers(0, 10**6))
+@given(
+    steps=st.lists(_lines, min_size=1, max_size=6),
+    filler=st.sampled_from(["", "So far so good.\n"]),
+    answer_style=st.sampled_from(["metamath", "gsm8k", "both"]),
+    seed=st.integers(0, 10**6),
+)
 def test_corruption_properties(steps, filler, answer_style, seed):
     lines = [_line(step) for step in steps]
     final = lines[-1][1] + 1000  # an answer that no intermediate result equals
     body = filler + "\n".join(text for text, _ in lines) + f"\nIn total {lines[-1][1]} + 1000 = {final}.\n"
-    ending = {"metamath": f"The answer is: {final}", "gsm8k": f"#### {final}",
-              "both": f"#### {final}\nThe answer is: {final}"}[answer_style]
+    ending = {
+        "metamath": f"The answer is: {final}",
+        "gsm8k": f"#### {final}",
+        "both": f"#### {final}\nThe answer is: {final}",
+    }[answer_style]
     response = body + ending
     rejected, where = corrupt_intermediate_result(response, random.Random(seed))
     old, new = assert_one_number_changed(response, rejected)  # exactly one number, text otherwise identical
@@ -204,12 +214,24 @@ def test_corruption_properties(steps, filler, answer_style, seed):
 def test_arc_pairs_of_a_question():
     row = read_jsonl(ARC)[0]  # George rubbing his hands; answer A "dry palms"
     assert arc_pairs(row) == [
-        ("Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
-         "most heat?\nAnswer:", " dry palms", " wet palms"),
-        ("Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
-         "most heat?\nAnswer:", " dry palms", " palms covered with oil"),
-        ("Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
-         "most heat?\nAnswer:", " dry palms", " palms covered with lotion"),
+        (
+            "Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
+            "most heat?\nAnswer:",
+            " dry palms",
+            " wet palms",
+        ),
+        (
+            "Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
+            "most heat?\nAnswer:",
+            " dry palms",
+            " palms covered with oil",
+        ),
+        (
+            "Question: George wants to warm his hands quickly by rubbing them. Which skin surface will produce the "
+            "most heat?\nAnswer:",
+            " dry palms",
+            " palms covered with lotion",
+        ),
     ]
 
 
@@ -219,7 +241,11 @@ def test_arc_fixture_numeric_labels_and_other_choice_counts():
     assert len(examples) == 18 * 3 + 2 + 4 and not report.skipped
     mammals = [e for e in examples if e.row == 5]  # NYSEDREGENTS, labels 1-4, answerKey "2"
     assert {e.chosen for e in mammals} == {" They have fur or hair."}
-    assert [e.rejected for e in mammals] == [" They lay eggs.", " They breathe with gills.", " They are cold-blooded."]
+    assert [e.rejected for e in mammals] == [
+        " They lay eggs.",
+        " They breathe with gills.",
+        " They are cold-blooded.",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -231,7 +257,11 @@ def test_arc_fixture_numeric_labels_and_other_choice_counts():
         ({"choices": None}, "choices", "missing"),
         ({"choices": ["dry palms", "wet palms"]}, "choices", "expected {'text': [...], 'label': [...]}"),
         ({"choices": {"text": ["a", "b"], "label": ["A"]}}, "choices", "2 texts but 1 labels"),
-        ({"choices": {"text": ["a", ""], "label": ["A", "B"]}}, "choices", "choice B is empty or not a string"),
+        (
+            {"choices": {"text": ["a", ""], "label": ["A", "B"]}},
+            "choices",
+            "choice B is empty or not a string",
+        ),
         ({"question": 3}, "question", "expected a string, found int"),
     ],
 )
@@ -246,11 +276,14 @@ def test_arc_unknown_answer_key_stops_the_build_naming_file_row_and_field(tmp_pa
     rows = read_jsonl(ARC)
     rows[2]["answerKey"] = "E"
     path = write_jsonl(tmp_path / "arc.jsonl", rows)
-    with pytest.raises(DpolabError, match=r"arc\.jsonl, row 3, field 'answerKey': 'E' is not one of the choice labels"):
+    with pytest.raises(
+        DpolabError, match=r"arc\.jsonl, row 3, field 'answerKey': 'E' is not one of the choice labels"
+    ):
         build_pairs("arc", path)
     examples, report = build_pairs("arc", path, on_bad_rows="skip")
     assert len(examples) == 57 and report.by_reason() == {
-        "answerKey: 'E' is not one of the choice labels A, B, C, D": 1}
+        "answerKey: 'E' is not one of the choice labels A, B, C, D": 1
+    }
 
 
 # ---------------------------------------------------------------- HellaSwag
@@ -259,8 +292,10 @@ def test_arc_unknown_answer_key_stops_the_build_naming_file_row_and_field(tmp_pa
 def test_hellaswag_pairs_of_a_context():
     row = read_jsonl(HELLASWAG)[0]  # label "3": the man continues removing the snow
     pairs = hellaswag_pairs(row)
-    prompt = ("Then, the man writes over the snow covering the window of a car, and a woman wearing winter "
-              "clothes smiles. then")
+    prompt = (
+        "Then, the man writes over the snow covering the window of a car, and a woman wearing winter "
+        "clothes smiles. then"
+    )
     assert [p for p, _, _ in pairs] == [prompt] * 3
     assert {c for _, c, _ in pairs} == {" , the man continues removing the snow on his car."}
     assert [r for _, _, r in pairs] == [" " + e for e in row["endings"][:3]]
@@ -270,8 +305,9 @@ def test_hellaswag_parquet_gives_the_same_pairs_as_jsonl():
     from_jsonl, _ = build_pairs("hellaswag", HELLASWAG)
     from_parquet, _ = build_pairs("hellaswag", FIXTURES / "hellaswag_train.parquet")
     assert len(from_jsonl) == 60
-    assert [(e.prompt, e.chosen, e.rejected, e.row) for e in from_jsonl] == \
-           [(e.prompt, e.chosen, e.rejected, e.row) for e in from_parquet]
+    assert [(e.prompt, e.chosen, e.rejected, e.row) for e in from_jsonl] == [
+        (e.prompt, e.chosen, e.rejected, e.row) for e in from_parquet
+    ]
 
 
 @pytest.mark.parametrize(
@@ -313,7 +349,9 @@ def test_hellaswag_empty_ending_counted_when_skipping(tmp_path):
 
 def test_template_and_delimiter():
     row = read_jsonl(ARC)[0]
-    (prompt, chosen, rejected), *_ = arc_pairs(row, template="{id}: {question}\nThe answer is", delimiter=": ")
+    (prompt, chosen, rejected), *_ = arc_pairs(
+        row, template="{id}: {question}\nThe answer is", delimiter=": "
+    )
     assert prompt.startswith("Mercury_SC_415702: George wants") and prompt.endswith("\nThe answer is")
     assert (chosen, rejected) == (": dry palms", ": wet palms")
     with pytest.raises(BadRow) as err:
@@ -336,8 +374,10 @@ def test_edit_distance_regimes_on_the_fixtures():
         assert pair_edit_distance(example) == pytest.approx(changed / max(len(a), len(b)))
     arc, _ = build_pairs("arc", ARC)
     hellaswag, _ = build_pairs("hellaswag", HELLASWAG)
-    mean = {name: statistics.mean(pair_edit_distance(e) for e in examples)
-            for name, examples in (("metamath", metamath), ("arc", arc), ("hellaswag", hellaswag))}
+    mean = {
+        name: statistics.mean(pair_edit_distance(e) for e in examples)
+        for name, examples in (("metamath", metamath), ("arc", arc), ("hellaswag", hellaswag))
+    }
     assert 0.005 < mean["metamath"] < 0.05
     assert max(pair_edit_distance(e) for e in metamath) < 0.10
     assert mean["arc"] > 0.75 and statistics.median(pair_edit_distance(e) for e in arc) == 1.0

@@ -20,8 +20,17 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_build_metamath_reports_rows_with_nothing_to_corrupt(tmp_path, capsys):
     out_path = tmp_path / "metamath_dpo.jsonl"
-    code, out, _ = run(capsys, "build", "metamath", "--input", FIXTURES / "metamathqa.json", "--output", out_path,
-                       "--seed", 3)
+    code, out, _ = run(
+        capsys,
+        "build",
+        "metamath",
+        "--input",
+        FIXTURES / "metamathqa.json",
+        "--output",
+        out_path,
+        "--seed",
+        3,
+    )
     assert code == 0
     assert out.splitlines() == [
         f"wrote 18 pairs to {out_path}",
@@ -36,8 +45,19 @@ def test_build_metamath_reports_rows_with_nothing_to_corrupt(tmp_path, capsys):
 
 def test_build_arc_template_and_delimiter_from_the_command_line(tmp_path, capsys):
     out_path = tmp_path / "arc.jsonl"
-    code, _, _ = run(capsys, "build", "arc", "--input", FIXTURES / "arc_challenge_train.jsonl", "--output", out_path,
-                     "--template", "{question}\\nA:", "--delimiter", "\\t")
+    code, _, _ = run(
+        capsys,
+        "build",
+        "arc",
+        "--input",
+        FIXTURES / "arc_challenge_train.jsonl",
+        "--output",
+        out_path,
+        "--template",
+        "{question}\\nA:",
+        "--delimiter",
+        "\\t",
+    )
     assert code == 0
     first = read_jsonl(out_path)[0]
     assert first["prompt"].endswith("produce the most heat?\nA:") and first["chosen"] == "\tdry palms"
@@ -45,7 +65,18 @@ def test_build_arc_template_and_delimiter_from_the_command_line(tmp_path, capsys
 
 def test_build_hellaswag_from_parquet(tmp_path, capsys):
     out_path = tmp_path / "hs.jsonl"
-    assert run(capsys, "build", "hellaswag", "--input", FIXTURES / "hellaswag_train.parquet", "--output", out_path)[0] == 0
+    assert (
+        run(
+            capsys,
+            "build",
+            "hellaswag",
+            "--input",
+            FIXTURES / "hellaswag_train.parquet",
+            "--output",
+            out_path,
+        )[0]
+        == 0
+    )
     assert len(read_jsonl(out_path)) == 60
 
 
@@ -57,11 +88,15 @@ def test_bad_row_stops_with_one_message_and_leaves_no_file(tmp_path, capsys):
     out_path = tmp_path / "out" / "arc_dpo.jsonl"
     code, out, err = run(capsys, "build", "arc", "--input", source, "--output", out_path)
     assert code == 2 and out == ""
-    assert err == (f"dpolab data: error: {source}, row 7, field 'answerKey': 'E' is not one of the choice labels "
-                   f"1, 2, 3, 4 (fix the row, or set data.on_bad_rows=skip to skip such rows and count them)\n")
+    assert err == (
+        f"dpolab data: error: {source}, row 7, field 'answerKey': 'E' is not one of the choice labels "
+        f"1, 2, 3, 4 (fix the row, or set data.on_bad_rows=skip to skip such rows and count them)\n"
+    )
     assert not out_path.exists() and list(out_path.parent.iterdir()) == []  # no half file, no temporary
 
-    code, out, _ = run(capsys, "build", "arc", "--input", source, "--output", out_path, "--on-bad-rows", "skip")
+    code, out, _ = run(
+        capsys, "build", "arc", "--input", source, "--output", out_path, "--on-bad-rows", "skip"
+    )
     assert code == 0 and len(read_jsonl(out_path)) == 54
     assert out.splitlines()[1:] == [
         f"{source}: skipped 2 rows (1 × answerKey: 'E' is not one of the choice labels 1, 2, 3, 4; "
@@ -84,23 +119,39 @@ def test_interrupted_build_leaves_the_old_file(tmp_path, capsys, monkeypatch):
         return real(record, **kwargs)
 
     monkeypatch.setattr(builders, "arc_pairs", interrupted)
-    code, _, err = run(capsys, "build", "arc", "--input", FIXTURES / "arc_challenge_train.jsonl", "--output", out_path)
+    code, _, err = run(
+        capsys, "build", "arc", "--input", FIXTURES / "arc_challenge_train.jsonl", "--output", out_path
+    )
     assert code == 130 and "interrupted" in err
     assert out_path.read_text() == "old\n" and list(tmp_path.iterdir()) == [out_path]
 
 
 def test_hub_id_input_fails_offline_with_its_name(tmp_path, capsys):
-    code, _, err = run(capsys, "build", "arc", "--input", "no-such-org/ai2_arc", "--split", "train",
-                       "--output", tmp_path / "o.jsonl")
+    code, _, err = run(
+        capsys,
+        "build",
+        "arc",
+        "--input",
+        "no-such-org/ai2_arc",
+        "--split",
+        "train",
+        "--output",
+        tmp_path / "o.jsonl",
+    )
     assert code == 2
-    assert err.startswith("dpolab data: error: no-such-org/ai2_arc: not a local file, and loading it as a hub "
-                          "dataset (split 'train') failed")
+    assert err.startswith(
+        "dpolab data: error: no-such-org/ai2_arc: not a local file, and loading it as a hub "
+        "dataset (split 'train') failed"
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "source", "conversational"),
-    [("hh", "hh_rlhf_train.jsonl", False), ("ultrafeedback", "ultrafeedback_binarized_train_prefs.jsonl", True),
-     ("shp", "shp_train.json", False)],
+    [
+        ("hh", "hh_rlhf_train.jsonl", False),
+        ("ultrafeedback", "ultrafeedback_binarized_train_prefs.jsonl", True),
+        ("shp", "shp_train.json", False),
+    ],
 )
 def test_convert_writes_a_loadable_preference_file(tmp_path, capsys, kind, source, conversational):
     out_path = tmp_path / f"{kind}.jsonl"

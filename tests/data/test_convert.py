@@ -17,8 +17,10 @@ SHP = FIXTURES / "shp_train.json"
 
 def test_hh_prompt_ends_on_the_assistant_cue():
     example = convert_hh(read_jsonl(HH)[3], row=4)  # three turns, then the replies
-    assert example.prompt == ("\n\nHuman: What's the capital of Australia?\n\nAssistant: Canberra."
-                              "\n\nHuman: Why isn't it Sydney?\n\nAssistant:")
+    assert example.prompt == (
+        "\n\nHuman: What's the capital of Australia?\n\nAssistant: Canberra."
+        "\n\nHuman: Why isn't it Sydney?\n\nAssistant:"
+    )
     assert example.chosen.startswith(" When Australia federated in 1901")
     assert example.rejected == " Because Sydney is too big."
     assert example.row == 4
@@ -39,8 +41,10 @@ def test_hh_shared_first_words_stay_in_the_completions():
 def test_hh_conversations_that_differ_earlier_keep_the_later_turns_in_the_completions():
     example = convert_hh(read_jsonl(HH)[19])
     assert example.prompt == "\n\nHuman: How do I convert Celsius to Fahrenheit?\n\nAssistant:"
-    assert example.chosen == (" Multiply by 9/5 and add 32.\n\nHuman: What is 20 degrees then?\n\nAssistant: "
-                              "20 times 9/5 is 36, plus 32 is 68 degrees Fahrenheit.")
+    assert example.chosen == (
+        " Multiply by 9/5 and add 32.\n\nHuman: What is 20 degrees then?\n\nAssistant: "
+        "20 times 9/5 is 36, plus 32 is 68 degrees Fahrenheit."
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,12 +52,21 @@ def test_hh_conversations_that_differ_earlier_keep_the_later_turns_in_the_comple
     [
         ({"chosen": "\n\nHuman: hi\n\nAssistant: a"}, "rejected", "missing"),
         ({"chosen": 1, "rejected": "x"}, "chosen", "expected a string, found int"),
-        ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: a"}, "rejected",
-         "identical to chosen"),
-        ({"chosen": "Hello there", "rejected": "Hello you"}, "chosen",
-         "chosen and rejected share no '\\n\\nAssistant:' turn to end the prompt on"),
-        ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant:  "}, "rejected",
-         "empty reply after the shared prompt"),
+        (
+            {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: a"},
+            "rejected",
+            "identical to chosen",
+        ),
+        (
+            {"chosen": "Hello there", "rejected": "Hello you"},
+            "chosen",
+            "chosen and rejected share no '\\n\\nAssistant:' turn to end the prompt on",
+        ),
+        (
+            {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant:  "},
+            "rejected",
+            "empty reply after the shared prompt",
+        ),
     ],
 )
 def test_hh_bad_rows(record, field, reason):
@@ -65,7 +78,9 @@ def test_hh_bad_rows(record, field, reason):
 def test_ultrafeedback_gives_conversational_pairs():
     example = convert_ultrafeedback(read_jsonl(UF)[7])
     assert example.prompt == [{"content": "How many minutes are there in a week?", "role": "user"}]
-    assert example.chosen == [{"content": "There are 60 × 24 × 7 = 10,080 minutes in a week.", "role": "assistant"}]
+    assert example.chosen == [
+        {"content": "There are 60 × 24 × 7 = 10,080 minutes in a week.", "role": "assistant"}
+    ]
     assert example.rejected == [{"content": "There are 1,440 minutes in a week.", "role": "assistant"}]
 
 
@@ -75,8 +90,11 @@ def test_ultrafeedback_gives_conversational_pairs():
         ({"chosen": None}, "chosen", "expected a list of messages, found missing"),
         ({"rejected": "text"}, "rejected", "expected a list of messages, found str"),
         ({"score_chosen": 2.0, "score_rejected": 8.0}, "score_chosen", "2.0 is below score_rejected 8.0"),
-        ({"rejected": [{"content": "Write a haiku about the first snow of winter.", "role": "user"}]}, "rejected",
-         "no messages after the prompt"),
+        (
+            {"rejected": [{"content": "Write a haiku about the first snow of winter.", "role": "user"}]},
+            "rejected",
+            "no messages after the prompt",
+        ),
     ],
 )
 def test_ultrafeedback_bad_rows(change, field, reason):
@@ -91,8 +109,14 @@ def test_shp_takes_the_preferred_reference_by_its_label():
     a_preferred, b_preferred = convert_shp(rows[0]), convert_shp(rows[1])
     assert rows[0]["labels"] == 1 and rows[1]["labels"] == 0
     assert a_preferred.prompt == rows[0]["history"]
-    assert (a_preferred.chosen, a_preferred.rejected) == ("\n\n" + rows[0]["human_ref_A"], "\n\n" + rows[0]["human_ref_B"])
-    assert (b_preferred.chosen, b_preferred.rejected) == ("\n\n" + rows[1]["human_ref_B"], "\n\n" + rows[1]["human_ref_A"])
+    assert (a_preferred.chosen, a_preferred.rejected) == (
+        "\n\n" + rows[0]["human_ref_A"],
+        "\n\n" + rows[0]["human_ref_B"],
+    )
+    assert (b_preferred.chosen, b_preferred.rejected) == (
+        "\n\n" + rows[1]["human_ref_B"],
+        "\n\n" + rows[1]["human_ref_A"],
+    )
     assert b_preferred.chosen.startswith("\n\nYou only feel acceleration")
     assert convert_shp(rows[0], delimiter=" ").chosen == " " + rows[0]["human_ref_A"]
 
@@ -124,6 +148,7 @@ def test_convert_rows_whole_fixtures_and_the_bad_row_policy(tmp_path):
         convert_rows("shp", bad)
     examples, report = convert_rows("shp", bad, on_bad_rows="skip")
     assert len(examples) == 19 and report.by_reason() == {
-        "labels: expected 1 (A preferred) or 0 (B preferred), found 'A'": 1}
+        "labels: expected 1 (A preferred) or 0 (B preferred), found 'A'": 1
+    }
     with pytest.raises(DpolabError, match="unknown dataset kind 'orca'"):
         convert_rows("orca", HH)

@@ -17,10 +17,17 @@ def test_each_format_is_detected():
     assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b"}) == "standard"
     assert detect_format({"prompt": [USER], "chosen": [BLUE], "rejected": [GREEN]}) == "conversational"
     assert detect_format({"chosen": [USER, BLUE], "rejected": [USER, GREEN]}) == "conversational"
-    assert detect_format({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}) \
+    assert (
+        detect_format(
+            {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}
+        )
         == "implicit"
+    )
     # UltraFeedback-binarized: a string prompt beside full conversations
-    assert detect_format(read_jsonl(FIXTURES / "ultrafeedback_binarized_train_prefs.jsonl")[0]) == "conversational"
+    assert (
+        detect_format(read_jsonl(FIXTURES / "ultrafeedback_binarized_train_prefs.jsonl")[0])
+        == "conversational"
+    )
 
 
 def test_standard_row():
@@ -32,7 +39,9 @@ def test_standard_row():
 def test_ultrafeedback_shape_takes_the_shared_messages_as_prompt():
     record = read_jsonl(FIXTURES / "ultrafeedback_binarized_train_prefs.jsonl")[2]
     example = normalise(record)
-    assert example.prompt == [{"content": "Translate 'Where is the train station?' into Spanish.", "role": "user"}]
+    assert example.prompt == [
+        {"content": "Translate 'Where is the train station?' into Spanish.", "role": "user"}
+    ]
     assert example.chosen == [{"content": "¿Dónde está la estación de tren?", "role": "assistant"}]
     assert example.rejected == [{"content": "¿Dónde está el tren?", "role": "assistant"}]
     assert example.conversational
@@ -51,8 +60,10 @@ def test_conversational_without_shared_messages_uses_a_string_prompt():
 
 
 def test_hh_implicit_prompt_ends_on_the_assistant_cue_and_the_space_stays_with_the_completions():
-    record = {"chosen": "\n\nHuman: What is 2 + 2?\n\nAssistant: It is 4.",
-              "rejected": "\n\nHuman: What is 2 + 2?\n\nAssistant: It is 5."}
+    record = {
+        "chosen": "\n\nHuman: What is 2 + 2?\n\nAssistant: It is 4.",
+        "rejected": "\n\nHuman: What is 2 + 2?\n\nAssistant: It is 5.",
+    }
     # the longest common prefix is "...Assistant: It is "; TRL's extract_prompt steps back over
     # the space before the first difference only, and dpolab does the same
     example = normalise(record)
@@ -60,7 +71,11 @@ def test_hh_implicit_prompt_ends_on_the_assistant_cue_and_the_space_stays_with_t
     assert (example.chosen, example.rejected) == (" 4.", " 5.")
     from trl.data_utils import extract_prompt
 
-    assert extract_prompt(record) == {"prompt": example.prompt, "chosen": example.chosen, "rejected": example.rejected}
+    assert extract_prompt(record) == {
+        "prompt": example.prompt,
+        "chosen": example.chosen,
+        "rejected": example.rejected,
+    }
 
 
 def test_split_implicit_text_matches_trl_on_the_hh_fixture():
@@ -69,7 +84,10 @@ def test_split_implicit_text_matches_trl_on_the_hh_fixture():
     for record in read_jsonl(FIXTURES / "hh_rlhf_train.jsonl"):
         expected = extract_prompt(record)
         assert split_implicit_text(record["chosen"], record["rejected"]) == (
-            expected["prompt"], expected["chosen"], expected["rejected"])
+            expected["prompt"],
+            expected["chosen"],
+            expected["rejected"],
+        )
 
 
 M = {"role": "assistant", "content": "ok"}
@@ -85,25 +103,61 @@ M = {"role": "assistant", "content": "ok"}
         ({"prompt": "  ", "chosen": "a", "rejected": "b"}, "auto", "prompt", "empty"),
         ({"prompt": "p", "chosen": "a", "rejected": ""}, "auto", "rejected", "empty"),
         ({"prompt": "p", "chosen": "a", "rejected": "a"}, "auto", "rejected", "identical to chosen"),
-        ({"prompt": "p", "chosen": "a", "rejected": "b"}, "conversational", None,
-         "looks standard, but data.format is conversational"),
-        ({"prompt": [USER], "chosen": "a", "rejected": [GREEN]}, "auto", "chosen",
-         "expected a list of messages, found str"),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": "b"},
+            "conversational",
+            None,
+            "looks standard, but data.format is conversational",
+        ),
+        (
+            {"prompt": [USER], "chosen": "a", "rejected": [GREEN]},
+            "auto",
+            "chosen",
+            "expected a list of messages, found str",
+        ),
         ({"prompt": [USER], "chosen": [], "rejected": [GREEN]}, "auto", "chosen", "empty list of messages"),
-        ({"prompt": [USER], "chosen": [{"content": "x"}], "rejected": [GREEN]}, "auto", "chosen",
-         "message 0 is not an object with 'role' and 'content'"),
-        ({"prompt": [USER], "chosen": [BLUE], "rejected": [{"role": "assistant", "content": 5}]}, "auto",
-         "rejected", "message 0 has content of type int"),
-        ({"chosen": [BLUE], "rejected": [GREEN]}, "auto", "prompt",
-         "missing, and chosen and rejected share no leading messages to take it from"),
-        ({"prompt": [USER], "chosen": [USER], "rejected": [USER, GREEN]}, "auto", "chosen",
-         "no messages after the prompt"),
-        ({"prompt": [USER], "chosen": [{"role": "assistant", "content": " "}], "rejected": [M]}, "auto", "chosen",
-         "empty"),
-        ({"chosen": "Yes.", "rejected": "No."}, "auto", "chosen",
-         "chosen and rejected share no prefix to take the prompt from"),
-        ({"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: hello!"}, "auto", "chosen",
-         "nothing left after the shared prompt"),
+        (
+            {"prompt": [USER], "chosen": [{"content": "x"}], "rejected": [GREEN]},
+            "auto",
+            "chosen",
+            "message 0 is not an object with 'role' and 'content'",
+        ),
+        (
+            {"prompt": [USER], "chosen": [BLUE], "rejected": [{"role": "assistant", "content": 5}]},
+            "auto",
+            "rejected",
+            "message 0 has content of type int",
+        ),
+        (
+            {"chosen": [BLUE], "rejected": [GREEN]},
+            "auto",
+            "prompt",
+            "missing, and chosen and rejected share no leading messages to take it from",
+        ),
+        (
+            {"prompt": [USER], "chosen": [USER], "rejected": [USER, GREEN]},
+            "auto",
+            "chosen",
+            "no messages after the prompt",
+        ),
+        (
+            {"prompt": [USER], "chosen": [{"role": "assistant", "content": " "}], "rejected": [M]},
+            "auto",
+            "chosen",
+            "empty",
+        ),
+        (
+            {"chosen": "Yes.", "rejected": "No."},
+            "auto",
+            "chosen",
+            "chosen and rejected share no prefix to take the prompt from",
+        ),
+        (
+            {"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: hello!"},
+            "auto",
+            "chosen",
+            "nothing left after the shared prompt",
+        ),
         ({"chosen": "same", "rejected": "same"}, "auto", "rejected", "identical to chosen"),
         ({"chosen": "Human: hi", "rejected": ["x"]}, "auto", "rejected", "expected a string, found list"),
     ],

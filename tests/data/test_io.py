@@ -40,11 +40,16 @@ def test_json_list_dict_of_columns_and_data_key(tmp_path):
     rows = list(read_rows(tmp_path / "list.json"))
     assert rows == [Row(1, {"a": 1}), Row(2, None, "not a JSON object but int"), Row(3, {"a": 3})]
     (tmp_path / "columns.json").write_text(json.dumps({"a": [1, 2], "b": ["x", "y"]}))
-    assert [r.record for r in read_rows(tmp_path / "columns.json")] == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    assert [r.record for r in read_rows(tmp_path / "columns.json")] == [
+        {"a": 1, "b": "x"},
+        {"a": 2, "b": "y"},
+    ]
     (tmp_path / "wrapped.json").write_text(json.dumps({"version": 2, "data": [{"a": 1}]}))
     assert [r.record for r in read_rows(tmp_path / "wrapped.json")] == [{"a": 1}]
     (tmp_path / "broken.json").write_text('[{"a": 1},\n{"a": ]')
-    with pytest.raises(DpolabError, match=r"broken\.json: not valid JSON \(Expecting value at line 2, column 7\)"):
+    with pytest.raises(
+        DpolabError, match=r"broken\.json: not valid JSON \(Expecting value at line 2, column 7\)"
+    ):
         list(read_rows(tmp_path / "broken.json"))
 
 
@@ -74,10 +79,13 @@ def test_folder_saved_with_save_to_disk(tmp_path):
     rows = list(read_rows(tmp_path / "one"))
     assert [r.number for r in rows] == list(range(1, 21)) and [r.record for r in rows] == records
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:3]),
-                          "test": datasets.Dataset.from_list(records[3:5])}).save_to_disk(str(tmp_path / "dict"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(records[:3]), "test": datasets.Dataset.from_list(records[3:5])}
+    ).save_to_disk(str(tmp_path / "dict"))
     assert [r.record["id"] for r in read_rows(tmp_path / "dict")] == [r["id"] for r in records[:3]]  # train
-    assert [r.record["id"] for r in read_rows(tmp_path / "dict", split="test")] == [r["id"] for r in records[3:5]]
+    assert [r.record["id"] for r in read_rows(tmp_path / "dict", split="test")] == [
+        r["id"] for r in records[3:5]
+    ]
     with pytest.raises(DpolabError, match=r"no split 'validation'; it has train, test"):
         list(read_rows(tmp_path / "dict", split="validation"))
     (tmp_path / "empty").mkdir()
@@ -91,7 +99,9 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DpolabError, match=r"DATA\.JSONL: no such file"):  # not taken for a hub id
         list(read_rows("DATA.JSONL"))
     (tmp_path / "d.csv").write_text("a,b\n")
-    with pytest.raises(DpolabError, match=r"d\.csv: unknown file type '\.csv'; use one of \.jsonl, \.json, \.parquet"):
+    with pytest.raises(
+        DpolabError, match=r"d\.csv: unknown file type '\.csv'; use one of \.jsonl, \.json, \.parquet"
+    ):
         list(read_rows(tmp_path / "d.csv"))
 
 
@@ -102,7 +112,9 @@ def test_hub_id_that_cannot_be_loaded_offline_names_it():
     assert str(err.value).startswith(
         "no-such-org/no-such-dataset: not a local file, and loading it as a hub dataset (split 'validation') failed: "
     )
-    with pytest.raises(DpolabError, match=r"^no-such-org/arc:ARC-Challenge: .*\(split 'train', config 'ARC-Challenge'\)"):
+    with pytest.raises(
+        DpolabError, match=r"^no-such-org/arc:ARC-Challenge: .*\(split 'train', config 'ARC-Challenge'\)"
+    ):
         list(read_rows("no-such-org/arc:ARC-Challenge"))
 
 
@@ -110,7 +122,9 @@ def test_write_jsonl_atomic_round_trip(tmp_path):
     records = [{"prompt": "p", "chosen": "ü", "rejected": "r"}, {"n": [1, 2]}]
     assert write_jsonl_atomic(tmp_path / "sub" / "out.jsonl", records) == 2
     assert (tmp_path / "sub" / "out.jsonl").read_text(encoding="utf-8").splitlines() == [
-        '{"prompt": "p", "chosen": "ü", "rejected": "r"}', '{"n": [1, 2]}']
+        '{"prompt": "p", "chosen": "ü", "rejected": "r"}',
+        '{"n": [1, 2]}',
+    ]
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
@@ -128,4 +142,6 @@ def test_interrupted_write_leaves_no_half_file(tmp_path, interruption):
     out.write_text('{"old": true}\n')
     with pytest.raises(interruption):
         write_jsonl_atomic(out, records())
-    assert list(tmp_path.iterdir()) == [out] and out.read_text() == '{"old": true}\n'  # the old file is intact
+    assert (
+        list(tmp_path.iterdir()) == [out] and out.read_text() == '{"old": true}\n'
+    )  # the old file is intact

@@ -19,8 +19,14 @@ METAMATH = str(FIXTURES / "metamathqa.json")  # 18 pairs, 3 rows with nothing to
 def test_counts_by_strategy():
     # sizes 100 and 50, weights 3:1 -> p = (0.75, 0.25)
     assert mixture_counts([100, 50], [3, 1]) == [113, 37]  # N = 150: 112.5 and 37.5, the tie to the first
-    assert mixture_counts([100, 50], [3, 1], mix_strategy="interleave_under") == [100, 33]  # N = min(133.3, 200)
-    assert mixture_counts([100, 50], [3, 1], mix_strategy="interleave_over") == [150, 50]  # N = max(133.3, 200)
+    assert mixture_counts([100, 50], [3, 1], mix_strategy="interleave_under") == [
+        100,
+        33,
+    ]  # N = min(133.3, 200)
+    assert mixture_counts([100, 50], [3, 1], mix_strategy="interleave_over") == [
+        150,
+        50,
+    ]  # N = max(133.3, 200)
     assert mixture_counts([10, 10, 10], [1, 1, 1]) == [10, 10, 10]
     assert sum(mixture_counts([7, 11, 13], [0.2, 0.5, 0.3])) == 31
     with pytest.raises(DpolabError, match="unknown mix_strategy 'concat'"):
@@ -40,13 +46,16 @@ def test_resample_repeats_whole_copies_then_samples():
 def test_single_source_forms():
     from_path, reports = load_sources(HH)
     from_dict, _ = load_sources({"path": HH})
-    assert len(from_path) == 20 and [e.row for e in from_path] == [e.row for e in from_dict] == list(range(1, 21))
+    assert len(from_path) == 20 and [e.row for e in from_path] == [e.row for e in from_dict] == list(
+        range(1, 21)
+    )
     assert reports[0].source == HH and not reports[0].skipped
 
 
 def test_without_weights_the_sources_are_concatenated_in_order():
-    examples, reports = load_sources([{"path": HH}, {"path": ARC, "builder": "arc"}, {"path": METAMATH,
-                                                                                     "builder": "metamath"}])
+    examples, reports = load_sources(
+        [{"path": HH}, {"path": ARC, "builder": "arc"}, {"path": METAMATH, "builder": "metamath"}]
+    )
     assert len(examples) == 20 + 60 + 18
     assert [e.source for e in examples] == [HH] * 20 + [ARC] * 60 + [METAMATH] * 18
     assert examples[20].prompt.startswith("Question: George wants") and examples[20].chosen == " dry palms"
@@ -82,8 +91,10 @@ def test_mixture_is_deterministic_with_the_seed():
 
 
 def test_bad_rows_in_a_source_follow_the_policy(tmp_path):
-    bad = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
-                                                 {"prompt": "p", "chosen": "a"}])
+    bad = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}],
+    )
     with pytest.raises(DpolabError, match=r"pairs\.jsonl, row 2, field 'rejected': missing"):
         load_sources([{"path": HH}, {"path": str(bad)}])
     examples, reports = load_sources([{"path": HH}, {"path": str(bad)}], on_bad_rows="skip")
@@ -93,10 +104,18 @@ def test_bad_rows_in_a_source_follow_the_policy(tmp_path):
 @pytest.mark.parametrize(
     ("specs", "message"),
     [
-        ([{"path": HH, "weight": 1}, {"path": ARC, "builder": "arc"}],
-         "give a weight to every data source or to none; no weight for: " + ARC),
-        ([{"path": HH, "weights": 1}], "data source 1: unknown key(s) weights; the keys are path, split, weight, builder"),
-        ([{"path": HH}, {"path": HH, "weight": -1}], f"data source 2 ({HH}): 'weight' must be a positive number, not -1"),
+        (
+            [{"path": HH, "weight": 1}, {"path": ARC, "builder": "arc"}],
+            "give a weight to every data source or to none; no weight for: " + ARC,
+        ),
+        (
+            [{"path": HH, "weights": 1}],
+            "data source 1: unknown key(s) weights; the keys are path, split, weight, builder",
+        ),
+        (
+            [{"path": HH}, {"path": HH, "weight": -1}],
+            f"data source 2 ({HH}): 'weight' must be a positive number, not -1",
+        ),
         ([{"path": ARC, "builder": "mmlu"}], f"data source 1 ({ARC}): unknown builder 'mmlu'"),
         ([{"split": "train"}], "data source 1: 'path' must name a file or hub dataset"),
         ([], "no data sources given"),

@@ -15,16 +15,19 @@ GOOD = {"prompt": "2 + 2 =", "chosen": " 4", "rejected": " 5"}
 @pytest.fixture
 def mixed(tmp_path):
     """Rows 1, 3, 7 good; 2 missing chosen; 4 invalid JSON; 5 blank; 6 identical; 8 missing chosen."""
-    return write_jsonl(tmp_path / "pairs.jsonl", [
-        GOOD,
-        {"prompt": "p", "rejected": "r"},
-        GOOD,
-        '{"prompt": ',
-        "",
-        {"prompt": "p", "chosen": "same", "rejected": "same"},
-        GOOD,
-        {"prompt": "p", "chosen": None, "rejected": "r"},
-    ])
+    return write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            GOOD,
+            {"prompt": "p", "rejected": "r"},
+            GOOD,
+            '{"prompt": ',
+            "",
+            {"prompt": "p", "chosen": "same", "rejected": "same"},
+            GOOD,
+            {"prompt": "p", "chosen": None, "rejected": "r"},
+        ],
+    )
 
 
 def test_error_names_file_row_and_field(mixed):

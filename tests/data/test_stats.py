@@ -50,7 +50,17 @@ def test_normalised_edit_distance_divides_by_the_longer():
 
 
 def test_word_tokens_keep_numbers_whole():
-    assert word_tokens("Natalia sold 48/2 = 24 clips.") == ["Natalia", "sold", "48", "/", "2", "=", "24", "clips", "."]
+    assert word_tokens("Natalia sold 48/2 = 24 clips.") == [
+        "Natalia",
+        "sold",
+        "48",
+        "/",
+        "2",
+        "=",
+        "24",
+        "clips",
+        ".",
+    ]
     assert word_tokens("$1,250.50 each") == ["$", "1,250.50", "each"]
 
 
@@ -58,11 +68,16 @@ def test_pair_edit_distance_words_and_tokenizer(tokenizer):
     example = PreferenceExample("Q:", " 48/2 = 24 clips.", " 48/2 = 26 clips.")
     assert pair_edit_distance(example) == pytest.approx(1 / 7)
     pair = tokenize_pair(example, tokenizer, max_length=None, max_prompt_length=None)
-    expected = levenshtein(pair.chosen_ids, pair.rejected_ids) / max(len(pair.chosen_ids), len(pair.rejected_ids))
+    expected = levenshtein(pair.chosen_ids, pair.rejected_ids) / max(
+        len(pair.chosen_ids), len(pair.rejected_ids)
+    )
     assert pair_edit_distance(example, tokenizer) == pytest.approx(expected)
     assert 0 < expected < 1
-    conversational = PreferenceExample([{"role": "user", "content": "Q"}], [{"role": "assistant", "content": "a b"}],
-                                       [{"role": "assistant", "content": "a c"}])
+    conversational = PreferenceExample(
+        [{"role": "user", "content": "Q"}],
+        [{"role": "assistant", "content": "a b"}],
+        [{"role": "assistant", "content": "a c"}],
+    )
     assert pair_edit_distance(conversational) == pytest.approx(1 / 2)
     # characters: " 48/2 = 24 clips." vs " 48/2 = 26 clips." differ in 1 of 17
     assert pair_edit_distance(example, level="char") == pytest.approx(1 / 17)
@@ -91,7 +106,9 @@ def test_dataset_stats_in_characters_and_tokens(tokenizer):
     assert stats["edit_distance"]["mean"] == 1.0
     assert [b["count"] for b in stats["edit_distance"]["histogram"]] == [0, 0, 0, 2]
     in_tokens = dataset_stats(examples, tokenizer=tokenizer)
-    lengths = [len(tokenize_pair(e, tokenizer, max_length=None, max_prompt_length=None).prompt_ids) for e in examples]
+    lengths = [
+        len(tokenize_pair(e, tokenizer, max_length=None, max_prompt_length=None).prompt_ids) for e in examples
+    ]
     assert in_tokens["unit"] == "tokens"
     assert in_tokens["prompt_length"]["p100"] == max(lengths)
     # characters: " xy"/" xz" 1 of 3; " hello there"/" goodbye" 9 of 12 (keep the space, hell'o' -> go'o'

@@ -49,7 +49,10 @@ def problem_from_seed(seed: int, config: TaskConfig) -> Problem:
 
 configs = st.builds(
     lambda lo, extra, max_start, max_value, ops: TaskConfig(
-        min_steps=lo, max_steps=lo + extra, max_start=min(max_start, max_value), max_value=max_value,
+        min_steps=lo,
+        max_steps=lo + extra,
+        max_start=min(max_start, max_value),
+        max_value=max_value,
         operations=ops,
     ),
     st.integers(2, 4),
@@ -156,20 +159,29 @@ def test_splits_are_seeded_and_disjoint():
 
 
 def test_knobs_change_the_problems():
-    easy = make_splits(seed=0, sizes=SplitSizes(200, 0, 0), config=TaskConfig(min_steps=2, max_steps=2,
-                                                                              operations=("+",)))["train"]
+    easy = make_splits(
+        seed=0, sizes=SplitSizes(200, 0, 0), config=TaskConfig(min_steps=2, max_steps=2, operations=("+",))
+    )["train"]
     for p in easy:
         steps, _ = parse_chain(p.chosen)
         assert len(steps) == 2 and {op for _, op, _, _ in steps} == {"+"}
-    hard = make_splits(seed=0, sizes=SplitSizes(200, 0, 0), config=TaskConfig(min_steps=4, max_steps=5))["train"]
+    hard = make_splits(seed=0, sizes=SplitSizes(200, 0, 0), config=TaskConfig(min_steps=4, max_steps=5))[
+        "train"
+    ]
     ops = {op for p in hard for _, op, _, _ in parse_chain(p.chosen)[0]}
     assert ops == set(OPERATIONS)
     assert {len(parse_chain(p.chosen)[0]) for p in hard} == {4, 5}
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(min_steps=1, max_steps=1), dict(min_steps=3, max_steps=2), dict(operations=("/",)),
-               dict(operations=()), dict(max_start=200, max_value=99)]
+    "kwargs",
+    [
+        dict(min_steps=1, max_steps=1),
+        dict(min_steps=3, max_steps=2),
+        dict(operations=("/",)),
+        dict(operations=()),
+        dict(max_start=200, max_value=99),
+    ],
 )
 def test_bad_knobs_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -189,7 +201,9 @@ def test_write_splits_writes_standard_pairs(tmp_path):
     splits = make_splits(seed=1, sizes=SplitSizes(train=5, eval=2, test=2))
     paths = write_splits(tmp_path, splits)
     rows = [r.record for r in read_rows(paths["train.low"])]
-    assert rows == [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected_low} for p in splits["train"]]
+    assert rows == [
+        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected_low} for p in splits["train"]
+    ]
     rows = [r.record for r in read_rows(paths["test.high"])]
     assert [r["rejected"] for r in rows] == [p.rejected_high for p in splits["test"]]
     problems = [r.record for r in read_rows(paths["eval.problems"])]

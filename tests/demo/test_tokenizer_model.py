@@ -30,12 +30,19 @@ def test_round_trips_every_task_text_exactly(tok, problems):
             assert tok.unk_token_id not in ids
             assert tok.decode(ids) == text
             # one token per word, digit and symbol, each with the space before it
-            assert tok.convert_ids_to_tokens(ids) == [t.replace(" ", "Ġ").replace("\n", "Ċ") for t in task_tokens(text)]
+            assert tok.convert_ids_to_tokens(ids) == [
+                t.replace(" ", "Ġ").replace("\n", "Ċ") for t in task_tokens(text)
+            ]
 
 
 def test_digits_are_single_tokens_and_specials_are_set(tok):
     assert tok.convert_ids_to_tokens(tok("123 + 45", add_special_tokens=False)["input_ids"]) == [
-        "1", "2", "3", "Ġ+", "Ġ4", "5"
+        "1",
+        "2",
+        "3",
+        "Ġ+",
+        "Ġ4",
+        "5",
     ]
     ids = tok("7 + 5")["input_ids"]
     assert ids[0] == tok.bos_token_id
@@ -51,8 +58,9 @@ def test_pairs_tokenise_with_the_prompt_as_a_prefix(tok, problems):
     from dpolab.data.tokenize import tokenize_pair
 
     p = problems[0]
-    pair = tokenize_pair(PreferenceExample(p.prompt, p.chosen, p.rejected_low), tok, max_length=None,
-                         max_prompt_length=None)
+    pair = tokenize_pair(
+        PreferenceExample(p.prompt, p.chosen, p.rejected_low), tok, max_length=None, max_prompt_length=None
+    )
     assert pair.prompt_ids == tok(p.prompt)["input_ids"]
     assert tok.decode(pair.chosen_ids) == p.chosen + "</s>"
     assert tok.decode(pair.rejected_ids) == p.rejected_low + "</s>"

@@ -13,8 +13,10 @@ from dpolab.errors import DpolabError
 from dpolab.evaluation.forgetting import chunk, forgetting, load_text, token_stream
 from dpolab.tiny import tiny_model
 
-TEXT = ("The quick brown fox jumps over the lazy dog. A preference pair has a prompt, a chosen response and a "
-        "rejected response. Tom has 3 apples and buys 5 more.")
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. A preference pair has a prompt, a chosen response and a "
+    "rejected response. Tom has 3 apples and buys 5 more."
+)
 
 
 def hf_loss(model, ids):
@@ -57,11 +59,43 @@ def test_cli_and_bad_input(tmp_path, model_dir, capsys):
         load_text(text)
     text.write_text(json.dumps({"text": TEXT}) + "\n")
     out = tmp_path / "eval" / "forgetting.json"
-    assert main(["eval", "forgetting", "--model", str(model_dir), "--reference", str(model_dir), "--text", str(text),
-                 "--output", str(out), "--context", "24"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "forgetting",
+                "--model",
+                str(model_dir),
+                "--reference",
+                str(model_dir),
+                "--text",
+                str(text),
+                "--output",
+                str(out),
+                "--context",
+                "24",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["context"] == 24 and result["loss_difference"] == pytest.approx(0.0, abs=1e-6)
     assert "perplexity" in capsys.readouterr().out
-    assert main(["eval", "forgetting", "--model", str(tmp_path / "nope"), "--reference", str(model_dir),
-                 "--text", str(text), "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "forgetting",
+                "--model",
+                str(tmp_path / "nope"),
+                "--reference",
+                str(model_dir),
+                "--text",
+                str(text),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "no such model directory" in capsys.readouterr().err

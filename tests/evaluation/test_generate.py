@@ -20,7 +20,10 @@ from dpolab.evaluation.loading import load_causal_lm
 
 PROMPTS = [
     {"prompt": "What is the capital of France?", "id": "a"},
-    {"prompt": [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many?"}], "answer": "#### 8"},
+    {
+        "prompt": [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many?"}],
+        "answer": "#### 8",
+    },
     {"prompt": "The quick brown fox"},
     {"prompt": "Question: 2 + 2 ="},
     {"chosen": "Human: hi Assistant: hello there", "rejected": "Human: hi Assistant: go away"},
@@ -53,8 +56,13 @@ def test_padding_does_not_change_greedy_answers(loaded):
     model, tokenizer = loaded
     greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=8)
     alone = generate_batch(model, tokenizer, ["The quick brown fox"], greedy, seed=0)
-    batched = generate_batch(model, tokenizer, ["A much longer prompt than the other one, surely.",
-                                                "The quick brown fox"], greedy, seed=0)
+    batched = generate_batch(
+        model,
+        tokenizer,
+        ["A much longer prompt than the other one, surely.", "The quick brown fox"],
+        greedy,
+        seed=0,
+    )
     assert batched[1] == alone[0]
 
 
@@ -78,7 +86,9 @@ def test_resume_writes_what_an_uninterrupted_run_writes(tmp_path, loaded):
     assert (report.generated, report.resumed) == (3, 2)
     assert cut.read_text() == full.read_text()
     # nothing left to do
-    assert generate_answers(model, tokenizer, prompts, cut, settings=settings, model_name="tiny").generated == 0
+    assert (
+        generate_answers(model, tokenizer, prompts, cut, settings=settings, model_name="tiny").generated == 0
+    )
     assert [a.completion for a in load_answers(cut)] == [r["completion"] for r in rows]
 
 
@@ -92,16 +102,30 @@ def test_resume_refuses_other_prompts_or_settings(tmp_path, loaded):
     other = load_prompts(write_prompts(tmp_path / "q.jsonl", [{"prompt": "something else"}] * 2))
     with pytest.raises(DpolabError, match="differs from prompt 0 of the prompt file"):
         generate_answers(model, tokenizer, other, out, settings=GenerationSettings(max_new_tokens=3))
-    report = generate_answers(model, tokenizer, other, out, settings=GenerationSettings(max_new_tokens=3),
-                              overwrite=True)
+    report = generate_answers(
+        model, tokenizer, other, out, settings=GenerationSettings(max_new_tokens=3), overwrite=True
+    )
     assert report.generated == 2
 
 
 def test_cli(tmp_path, model_dir, capsys):
     prompts = write_prompts(tmp_path / "p.jsonl")
     out = tmp_path / "answers.jsonl"
-    args = ["generate", "--model", str(model_dir), "--prompts", str(prompts), "--output", str(out),
-            "--max-new-tokens", "4", "--batch-size", "3", "--seed", "1"]
+    args = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "3",
+        "--seed",
+        "1",
+    ]
     assert main(args) == 0
     assert "5 answers written" in capsys.readouterr().out
     first = out.read_text()

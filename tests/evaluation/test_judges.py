@@ -20,7 +20,9 @@ from dpolab.evaluation.judges import (
 from dpolab.evaluation.winrate import winrate
 from dpolab.tiny import tiny_config
 
-A = [Answer(i, i + 1, f"Question {i}?", c, {}) for i, c in enumerate(["Paris.", "It is 8 apples.", "No idea."])]
+A = [
+    Answer(i, i + 1, f"Question {i}?", c, {}) for i, c in enumerate(["Paris.", "It is 8 apples.", "No idea."])
+]
 B = [Answer(i, i + 1, f"Question {i}?", c, {}) for i, c in enumerate(["Rome.", "8", "The answer is 42."])]
 
 
@@ -48,8 +50,9 @@ def reward_model_dir(tmp_path_factory, tokenizer):
 
     path = tmp_path_factory.mktemp("rm")
     torch.manual_seed(0)
-    LlamaForSequenceClassification(tiny_config("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=2,
-                                               num_labels=1)).save_pretrained(path)
+    LlamaForSequenceClassification(
+        tiny_config("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=2, num_labels=1)
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -89,22 +92,48 @@ def test_causal_lm_judge_reads_the_verdict_tokens(model_dir, tokenizer):
 
 def test_cli_exact_judge_against_chosen(tmp_path, capsys):
     gen = tmp_path / "gen.jsonl"
-    gen.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"index": 0, "prompt": "Tom has 3 apples and buys 5 more.", "completion": "#### 8"},
-        {"index": 1, "prompt": "2 + 2?", "completion": "#### 5"},
-    ]))
+    gen.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"index": 0, "prompt": "Tom has 3 apples and buys 5 more.", "completion": "#### 8"},
+                {"index": 1, "prompt": "2 + 2?", "completion": "#### 5"},
+            ]
+        )
+    )
     prefs = tmp_path / "pairs.jsonl"
-    prefs.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "Tom has 3 apples and buys 5 more.", "chosen": "3 + 5 = 8 #### 8", "rejected": "#### 9"},
-        {"prompt": "2 + 2?", "chosen": "#### 4", "rejected": "#### 5"},
-    ]))
+    prefs.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {
+                    "prompt": "Tom has 3 apples and buys 5 more.",
+                    "chosen": "3 + 5 = 8 #### 8",
+                    "rejected": "#### 9",
+                },
+                {"prompt": "2 + 2?", "chosen": "#### 4", "rejected": "#### 5"},
+            ]
+        )
+    )
     out = tmp_path / "eval" / "exact.json"
-    assert main(["eval", "winrate", "--a", str(gen), "--b", str(prefs), "--judge", "exact:", "--output", str(out)]) == 0
+    assert (
+        main(
+            ["eval", "winrate", "--a", str(gen), "--b", str(prefs), "--judge", "exact:", "--output", str(out)]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert (result["wins"], result["losses"], result["ties"]) == (0, 1, 1)
     assert result["b"]["name"] == "pairs"
     printed = capsys.readouterr().out
     assert "gen vs pairs" in printed and "win rate" in printed
-    prefs.write_text(json.dumps({"prompt": "something else", "chosen": "#### 8", "rejected": "#### 9"}) + "\n")
-    assert main(["eval", "winrate", "--a", str(gen), "--b", str(prefs), "--judge", "exact:", "--output", str(out)]) == 2
+    prefs.write_text(
+        json.dumps({"prompt": "something else", "chosen": "#### 8", "rejected": "#### 9"}) + "\n"
+    )
+    assert (
+        main(
+            ["eval", "winrate", "--a", str(gen), "--b", str(prefs), "--judge", "exact:", "--output", str(out)]
+        )
+        == 2
+    )
     assert "gen.jsonl, row 1, field 'prompt'" in capsys.readouterr().err

@@ -122,10 +122,28 @@ def test_cli_401_is_a_clear_error(chat_server, tmp_path, capsys):
     chat_server.reply = reply
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for path, items in ((a, A), (b, B)):
-        path.write_text("".join(json.dumps({"prompt": x.prompt, "completion": x.completion}) + "\n" for x in items))
+        path.write_text(
+            "".join(json.dumps({"prompt": x.prompt, "completion": x.completion}) + "\n" for x in items)
+        )
     out = tmp_path / "r.json"
-    args = ["eval", "winrate", "--a", str(a), "--b", str(b), "--judge", "openai:gpt-x", "--base-url", chat_server.url,
-            "--output", str(out), "--concurrency", "1", "--backoff", "0.01"]
+    args = [
+        "eval",
+        "winrate",
+        "--a",
+        str(a),
+        "--b",
+        str(b),
+        "--judge",
+        "openai:gpt-x",
+        "--base-url",
+        chat_server.url,
+        "--output",
+        str(out),
+        "--concurrency",
+        "1",
+        "--backoff",
+        "0.01",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "HTTP 401: Incorrect API key provided" in err and "OPENAI_API_KEY" in err

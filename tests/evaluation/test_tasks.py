@@ -47,8 +47,12 @@ def uniform_model(byte_tokenizer):
 
 def arc_row(question, texts, key_index):
     labels = ["A", "B", "C", "D"][: len(texts)]
-    return {"id": question, "question": question, "choices": {"text": texts, "label": labels},
-            "answerKey": labels[key_index]}
+    return {
+        "id": question,
+        "question": question,
+        "choices": {"text": texts, "label": labels},
+        "answerKey": labels[key_index],
+    }
 
 
 def test_acc_and_acc_norm_by_hand(tmp_path, byte_tokenizer, uniform_model):
@@ -60,8 +64,8 @@ def test_acc_and_acc_norm_by_hand(tmp_path, byte_tokenizer, uniform_model):
         arc_row("q1", ["Paris", "Rome", "Lyon city"], 1),  # gold shortest: acc 1, acc_norm 0
         arc_row("q2", ["Paris", "Rome", "Lyon city"], 2),  # gold longest:  acc 0, acc_norm 1
         arc_row("q3", ["Paris", "Rome", "Lyon city"], 0),  # gold middle:   acc 0, acc_norm 0
-        arc_row("q4", ["ab", "abc", "abcd"], 0),           # gold shortest: acc 1, acc_norm 0
-        arc_row("q5", ["red", "blue", "tan"], 0),          # red/tan tie on LL -> first (red): acc 1; acc_norm blue: 0
+        arc_row("q4", ["ab", "abc", "abcd"], 0),  # gold shortest: acc 1, acc_norm 0
+        arc_row("q5", ["red", "blue", "tan"], 0),  # red/tan tie on LL -> first (red): acc 1; acc_norm blue: 0
     ]
     path = write_jsonl(tmp_path / "arc.jsonl", rows)
     result = evaluate_tasks(uniform_model, byte_tokenizer, ["arc"], {"arc": str(path)}, batch_size=4)
@@ -73,7 +77,9 @@ def test_acc_and_acc_norm_by_hand(tmp_path, byte_tokenizer, uniform_model):
     assert [s["acc"] for s in arc["samples"]] == [1, 0, 0, 1, 1]
     assert [s["acc_norm"] for s in arc["samples"]] == [0, 1, 0, 0, 0]
     log_v = math.log(260)
-    assert arc["samples"][0]["loglikelihoods"] == pytest.approx([-6 * log_v, -5 * log_v, -10 * log_v], rel=1e-5)
+    assert arc["samples"][0]["loglikelihoods"] == pytest.approx(
+        [-6 * log_v, -5 * log_v, -10 * log_v], rel=1e-5
+    )
     # standard error as lm-eval: sample std / sqrt(n); acc values 1,0,0,1,1: mean .6, var .3
     assert arc["acc_stderr"] == pytest.approx(math.sqrt(0.3 / 5))
 
@@ -81,12 +87,26 @@ def test_acc_and_acc_norm_by_hand(tmp_path, byte_tokenizer, uniform_model):
 def test_loglikelihoods_match_a_naive_forward(tmp_path, tokenizer):
     model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=32, num_layers=2, seed=3)
     rows = [
-        {"ind": 1, "activity_label": "Fox", "ctx_a": "The quick brown fox", "ctx_b": "jumps",
-         "ctx": "The quick brown fox jumps", "endings": ["over the dog.", "a capital.", "is Paris", "8 apples"],
-         "label": "0", "split": "val"},
-        {"ind": 2, "activity_label": "Math", "ctx_a": "Tom has 3 apples", "ctx_b": "and buys 5 more.",
-         "ctx": "Tom has 3 apples and buys 5 more.", "endings": ["He has 8.", "He has 2 apples now", "Paris."],
-         "label": "1", "split": "val"},
+        {
+            "ind": 1,
+            "activity_label": "Fox",
+            "ctx_a": "The quick brown fox",
+            "ctx_b": "jumps",
+            "ctx": "The quick brown fox jumps",
+            "endings": ["over the dog.", "a capital.", "is Paris", "8 apples"],
+            "label": "0",
+            "split": "val",
+        },
+        {
+            "ind": 2,
+            "activity_label": "Math",
+            "ctx_a": "Tom has 3 apples",
+            "ctx_b": "and buys 5 more.",
+            "ctx": "Tom has 3 apples and buys 5 more.",
+            "endings": ["He has 8.", "He has 2 apples now", "Paris."],
+            "label": "1",
+            "split": "val",
+        },
     ]
     docs = load_task("hellaswag", write_jsonl(tmp_path / "hs.jsonl", rows))
     result = evaluate_choices(model, tokenizer, docs, batch_size=3)
@@ -114,9 +134,16 @@ def test_encode_pair_moves_trailing_space(byte_tokenizer):
 
 
 def test_hellaswag_schema():
-    doc = hellaswag_doc({"activity_label": "Making a cake", "ctx_a": "She mixes flour [header] and sugar.",
-                         "ctx_b": "then", "endings": [" puts it in the oven [title] Bake it.", "eats"],
-                         "label": "1"}, 7)
+    doc = hellaswag_doc(
+        {
+            "activity_label": "Making a cake",
+            "ctx_a": "She mixes flour [header] and sugar.",
+            "ctx_b": "then",
+            "endings": [" puts it in the oven [title] Bake it.", "eats"],
+            "label": "1",
+        },
+        7,
+    )
     # lm-eval: preprocess(label + ": " + ctx_a + " " + ctx_b.capitalize()); " [title]" -> ". ", [..] dropped
     assert doc.context == "Making a cake: She mixes flour and sugar. Then"
     assert doc.choices == ["puts it in the oven. Bake it.", "eats"]
@@ -124,9 +151,16 @@ def test_hellaswag_schema():
 
 
 def test_bad_rows_are_named(tmp_path):
-    path = write_jsonl(tmp_path / "arc.jsonl", [arc_row("q", ["a", "b"], 0), {"question": "q", "choices": {
-        "text": ["a"], "label": ["A"]}, "answerKey": "E"}])
-    with pytest.raises(DpolabError, match=r"arc.jsonl, row 2, field 'answerKey': 'E' is not one of the labels"):
+    path = write_jsonl(
+        tmp_path / "arc.jsonl",
+        [
+            arc_row("q", ["a", "b"], 0),
+            {"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "E"},
+        ],
+    )
+    with pytest.raises(
+        DpolabError, match=r"arc.jsonl, row 2, field 'answerKey': 'E' is not one of the labels"
+    ):
         load_task("arc", path)
     path = write_jsonl(tmp_path / "hs.jsonl", [{"ctx": "x", "endings": ["a", "b"], "label": "nine"}])
     with pytest.raises(DpolabError, match=r"row 1, field 'label'"):
@@ -147,10 +181,13 @@ def test_gsm8k_scoring():
 
 def test_gsm8k_generation_runs(tmp_path, tokenizer):
     model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=2)
-    path = write_jsonl(tmp_path / "gsm8k.jsonl", [
-        {"question": "Tom has 3 apples and buys 5 more. How many?", "answer": "3 + 5 = 8\n#### 8"},
-        {"question": "What is 2 + 2?", "answer": "#### 4"},
-    ])
+    path = write_jsonl(
+        tmp_path / "gsm8k.jsonl",
+        [
+            {"question": "Tom has 3 apples and buys 5 more. How many?", "answer": "3 + 5 = 8\n#### 8"},
+            {"question": "What is 2 + 2?", "answer": "#### 4"},
+        ],
+    )
     docs = load_task("gsm8k", path)
     assert [d.reference for d in docs] == ["8", "4"]
     result = evaluate_generation(model, tokenizer, docs, max_new_tokens=6, batch_size=2)
@@ -160,7 +197,9 @@ def test_gsm8k_generation_runs(tmp_path, tokenizer):
         assert "Question:" not in sample["output"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-evaluation-harness is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is not None, reason="lm-evaluation-harness is installed"
+)
 def test_harness_bridge_says_it_is_missing():
     with pytest.raises(DpolabError, match="lm-evaluation-harness is not installed"):
         run_harness("some/model", ["arc_challenge"])

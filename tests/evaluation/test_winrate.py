@@ -45,8 +45,10 @@ class LongerJudge(Judge):
 
 def answers(completions, prompts=None, records=None):
     prompts = prompts or [f"question {i}" for i in range(len(completions))]
-    return [Answer(i, i + 1, p, c, (records or [{}] * len(completions))[i])
-            for i, (p, c) in enumerate(zip(prompts, completions))]
+    return [
+        Answer(i, i + 1, p, c, (records or [{}] * len(completions))[i])
+        for i, (p, c) in enumerate(zip(prompts, completions))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -100,12 +102,15 @@ def test_stats_by_hand():
     assert stats["win_fraction"] + stats["loss_fraction"] + stats["tie_fraction"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("outcomes", [
-    ["win"] * 7 + ["loss"] * 2 + ["tie"] * 3,
-    ["win", "loss"] * 10,
-    ["tie"] * 4 + ["win"],
-    ["loss"] * 9 + ["win"],
-])
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        ["win"] * 7 + ["loss"] * 2 + ["tie"] * 3,
+        ["win", "loss"] * 10,
+        ["tie"] * 4 + ["win"],
+        ["loss"] * 9 + ["win"],
+    ],
+)
 def test_bootstrap_interval_contains_the_estimate(outcomes):
     stats = winrate_stats(outcomes, samples=2000, seed=0)
     low, high = stats["ci95"]
@@ -165,17 +170,27 @@ def test_prompts_must_line_up(tmp_path):
 
 def test_exact_judge_with_chosen_responses_as_b(tmp_path):
     prefs = tmp_path / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "2+2?", "chosen": "2+2=4 #### 4", "rejected": "2+2=5 #### 5"},
-        {"prompt": "3*3?", "chosen": "3*3=9 #### 9", "rejected": "#### 6"},
-        {"prompt": "1+0?", "chosen": "#### 1", "rejected": "#### 0"},
-    ]))
+    prefs.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "2+2?", "chosen": "2+2=4 #### 4", "rejected": "2+2=5 #### 5"},
+                {"prompt": "3*3?", "chosen": "3*3=9 #### 9", "rejected": "#### 6"},
+                {"prompt": "1+0?", "chosen": "#### 1", "rejected": "#### 0"},
+            ]
+        )
+    )
     gen = tmp_path / "gen.jsonl"
-    gen.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "2+2?", "completion": "It is 4. #### 4"},   # correct, B correct too -> tie
-        {"prompt": "3*3?", "completion": "#### 8"},            # wrong vs correct chosen -> loss
-        {"prompt": "1+0?", "completion": "no final answer"},   # no answer -> loss
-    ]))
+    gen.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "2+2?", "completion": "It is 4. #### 4"},  # correct, B correct too -> tie
+                {"prompt": "3*3?", "completion": "#### 8"},  # wrong vs correct chosen -> loss
+                {"prompt": "1+0?", "completion": "no final answer"},  # no answer -> loss
+            ]
+        )
+    )
     result = winrate(load_answers(gen), load_answers(prefs), ExactJudge(), cache=None)
     assert [p["outcome"] for p in result["pairs"]] == ["tie", "loss", "loss"]
     # with a reference field instead, B's answer can lose
@@ -193,8 +208,13 @@ def test_exact_judge_needs_a_reference(tmp_path):
 
 def test_exact_judge_reference_from_the_chosen_response_a_was_generated_from():
     # `dpolab generate` on a preference file copies the row's chosen response into the answer row
-    a = answers(["#### 8", "#### 5"], records=[{"chosen": "3 + 5 = 8 #### 8"}, {"chosen": [
-        {"role": "assistant", "content": "2 + 2 = 4 #### 4"}]}])
+    a = answers(
+        ["#### 8", "#### 5"],
+        records=[
+            {"chosen": "3 + 5 = 8 #### 8"},
+            {"chosen": [{"role": "assistant", "content": "2 + 2 = 4 #### 4"}]},
+        ],
+    )
     b = answers(["#### 9", "#### 4"])
     result = winrate(a, b, ExactJudge())
     assert [p["outcome"] for p in result["pairs"]] == ["win", "loss"]

@@ -93,14 +93,28 @@ def analyze_layers(
         metrics = layer_metrics(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
         per_model[name] = {k: v.tolist() for k, v in metrics.items()}
     result = result_header("layers")
-    result.update({"pairs": pairs_source, "n_pairs": len(pairs), "beta": beta, "final_norm": final_norm,
-                   "reference": reference_name, "num_layers": num_layers, "layers": layers, "models": per_model})
+    result.update(
+        {
+            "pairs": pairs_source,
+            "n_pairs": len(pairs),
+            "beta": beta,
+            "final_norm": final_norm,
+            "reference": reference_name,
+            "num_layers": num_layers,
+            "layers": layers,
+            "models": per_model,
+        }
+    )
     return result
 
 
 def layers_table(result: Mapping[str, Any]) -> str:
     names = list(result["models"])
-    rows = [[k, *(result["models"][n]["dpo_likelihood"][i] for n in names)] for i, k in enumerate(result["layers"])]
+    rows = [
+        [k, *(result["models"][n]["dpo_likelihood"][i] for n in names)]
+        for i, k in enumerate(result["layers"])
+    ]
     return format_table(["layer", *names], rows) + (
         f"\nDPO likelihood (mean log σ(β(Δ_w − Δ_l)), β = {result['beta']}) per layer, {result['n_pairs']} pairs; "
-        f"log 1/2 = −0.6931 where a model equals the reference")
+        f"log 1/2 = −0.6931 where a model equals the reference"
+    )

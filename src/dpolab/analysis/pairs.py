@@ -36,7 +36,9 @@ def load_tokenized_pairs(
     pairs = []
     for example in examples:
         try:
-            pairs.append(tokenize_pair(example, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length))
+            pairs.append(
+                tokenize_pair(example, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+            )
         except BadRow as err:
             policy.bad(example.row, err.field, err.reason)
     if not pairs:
@@ -69,8 +71,12 @@ def pair_logprobs(
     for start in range(0, len(pairs), batch_size):
         batch = collator([as_dict(p) for p in pairs[start : start + batch_size]])
         targets = batch_targets(batch)
-        targets = TokenTargets(targets.positions.to(device), targets.tokens.to(device), targets.segments.to(device),
-                               targets.num_segments)
+        targets = TokenTargets(
+            targets.positions.to(device),
+            targets.tokens.to(device),
+            targets.segments.to(device),
+            targets.num_segments,
+        )
         out = layer_logprobs(model, to_device(batch, device), layers, final_norm=final_norm, targets=targets)
         logps = out.logps.float().cpu()  # (layers, 2B): chosen of pair b at 2b, rejected at 2b + 1
         chosen.append(logps[:, 0::2])
@@ -79,8 +85,9 @@ def pair_logprobs(
 
 
 @torch.no_grad()
-def pair_token_logprobs(model, pairs: Sequence[PairLike], *, batch_size: int = 8, pad_token_id: int = 0
-                        ) -> list[tuple[list[float], list[float]]]:
+def pair_token_logprobs(
+    model, pairs: Sequence[PairLike], *, batch_size: int = 8, pad_token_id: int = 0
+) -> list[tuple[list[float], list[float]]]:
     """Per-token log-probs (final layer) of each pair's chosen and rejected completion tokens:
     each target token is its own segment of `TokenTargets`, so the "sums" are single tokens."""
     collator = PairCollator(pad_token_id=pad_token_id)
@@ -97,6 +104,8 @@ def pair_token_logprobs(model, pairs: Sequence[PairLike], *, batch_size: int = 8
         offset = 0
         for pair in chunk:
             n_c, n_r = len(pair["chosen_ids"]), len(pair["rejected_ids"])
-            out.append((logps[offset : offset + n_c].tolist(), logps[offset + n_c : offset + n_c + n_r].tolist()))
+            out.append(
+                (logps[offset : offset + n_c].tolist(), logps[offset + n_c : offset + n_c + n_r].tolist())
+            )
             offset += n_c + n_r
     return out

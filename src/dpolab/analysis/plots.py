@@ -48,8 +48,11 @@ def plot_tokens(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     import numpy as np
 
     names = list(result["models"])
-    spans = [("chosen_before_m", "chosen, before m"), ("chosen_from_m", "chosen, from m"),
-             ("rejected_from_m", "rejected, from m")]
+    spans = [
+        ("chosen_before_m", "chosen, before m"),
+        ("chosen_from_m", "chosen, from m"),
+        ("rejected_from_m", "rejected, from m"),
+    ]
     fig, ax = new_figure(max(6.4, 1.6 * len(names) + 2))
     x = np.arange(len(names))
     width = 0.8 / len(spans)
@@ -58,8 +61,13 @@ def plot_tokens(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
         heights = [v if v is not None else 0.0 for v in values]
         bars = ax.bar(x + (i - 1) * width, heights, width, label=label)
         for bar, value in zip(bars, values):
-            ax.annotate("n/a" if value is None else f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="top" if bar.get_height() < 0 else "bottom", fontsize=7)
+            ax.annotate(
+                "n/a" if value is None else f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="top" if bar.get_height() < 0 else "bottom",
+                fontsize=7,
+            )
     ax.set_xticks(x, names)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("mean per-token log-prob")

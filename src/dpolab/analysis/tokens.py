@@ -47,8 +47,9 @@ def _summary(per_pair: list[list[float]]) -> dict[str, Any]:
     }
 
 
-def span_logprobs(token_logps: Sequence[tuple[Sequence[float], Sequence[float]]], ms: Sequence[int]
-                  ) -> dict[str, dict[str, Any]]:
+def span_logprobs(
+    token_logps: Sequence[tuple[Sequence[float], Sequence[float]]], ms: Sequence[int]
+) -> dict[str, dict[str, Any]]:
     """The three spans' summaries from per-token log-probs `(chosen, rejected)` of each pair."""
     spans: dict[str, list[list[float]]] = {s: [] for s in SPANS}
     for (chosen, rejected), m in zip(token_logps, ms):
@@ -85,14 +86,20 @@ def token_analysis(
         logps = pair_token_logprobs(model, dicts, batch_size=batch_size, pad_token_id=pad_token_id)
         per_model[name] = span_logprobs(logps, ms)
     result = result_header("tokens")
-    result.update({
-        "pairs": pairs_source,
-        "n_pairs": len(dicts),
-        "reference": reference_name,
-        "m": {"mean": statistics.fmean(ms), "median": statistics.median(ms), "zero": sum(m == 0 for m in ms),
-              "relative": statistics.fmean(m / max(1, len(p["chosen_ids"])) for m, p in zip(ms, dicts))},
-        "models": per_model,
-    })
+    result.update(
+        {
+            "pairs": pairs_source,
+            "n_pairs": len(dicts),
+            "reference": reference_name,
+            "m": {
+                "mean": statistics.fmean(ms),
+                "median": statistics.median(ms),
+                "zero": sum(m == 0 for m in ms),
+                "relative": statistics.fmean(m / max(1, len(p["chosen_ids"])) for m, p in zip(ms, dicts)),
+            },
+            "models": per_model,
+        }
+    )
     return result
 
 
@@ -101,4 +108,5 @@ def tokens_table(result: Mapping[str, Any]) -> str:
     m = result["m"]
     return format_table(["model", "chosen before m", "chosen from m", "rejected from m"], rows) + (
         f"\nmean per-token log-prob; m = first differing token (mean {m['mean']:.1f}, {m['zero']} of "
-        f"{result['n_pairs']} pairs differ from the first token)")
+        f"{result['n_pairs']} pairs differ from the first token)"
+    )

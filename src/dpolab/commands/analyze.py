@@ -10,8 +10,13 @@ from dpolab.errors import DpolabError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                   help="a trained model (repeat for several; NAME labels it, default: the directory name)")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="a trained model (repeat for several; NAME labels it, default: the directory name)",
+    )
     p.add_argument("--reference", required=True, help="the reference model (the SFT model)")
     p.add_argument("--reference-name", default="reference")
     p.add_argument("--pairs", required=True, help="preference file (any format `dpolab train` reads)")
@@ -30,13 +35,19 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("analyze", help="layer-wise DPO likelihood; token-level log-probs")
     sub = parser.add_subparsers(dest="analyze_command", metavar="WHAT")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    layers = sub.add_parser("layers", help="DPO likelihood of every layer, per model (Intermediate DPO, Fig. 3)")
+    layers = sub.add_parser(
+        "layers", help="DPO likelihood of every layer, per model (Intermediate DPO, Fig. 3)"
+    )
     _common(layers)
     layers.add_argument("--beta", type=float, required=True, help="β of the DPO likelihood")
     layers.add_argument("--layers", help="comma-separated layer numbers 1..L (default: all)")
-    layers.add_argument("--no-final-norm", action="store_true", help="skip the final norm on intermediate layers")
+    layers.add_argument(
+        "--no-final-norm", action="store_true", help="skip the final norm on intermediate layers"
+    )
     layers.set_defaults(func=run_layers)
-    tokens = sub.add_parser("tokens", help="per-token log-probs before/from the first differing token (Smaug, Fig. 3)")
+    tokens = sub.add_parser(
+        "tokens", help="per-token log-probs before/from the first differing token (Smaug, Fig. 3)"
+    )
     _common(tokens)
     tokens.set_defaults(func=run_tokens)
 
@@ -65,11 +76,19 @@ def _load(args: argparse.Namespace):
     for name, path in parse_models(args.model).items():
         model, model_tokenizer = load_causal_lm(path, device=args.device, dtype=args.dtype)
         if model_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise DpolabError(f"{path}: its tokenizer differs from the reference's; the analyses compare log-probs "
-                              f"of the same tokens")
+            raise DpolabError(
+                f"{path}: its tokenizer differs from the reference's; the analyses compare log-probs "
+                f"of the same tokens"
+            )
         models[name] = model
-    pairs = load_tokenized_pairs(args.pairs, tokenizer, limit=args.limit, max_length=args.max_length,
-                                 max_prompt_length=args.max_prompt_length, on_bad_rows=args.on_bad_rows)
+    pairs = load_tokenized_pairs(
+        args.pairs,
+        tokenizer,
+        limit=args.limit,
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
+        on_bad_rows=args.on_bad_rows,
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return models, reference, pairs, pad
 
@@ -99,9 +118,18 @@ def run_layers(args: argparse.Namespace) -> int:
             raise DpolabError(f"--layers {args.layers!r}: write layer numbers like 8,16,24") from None
     models, reference, pairs, pad = _load(args)
     try:
-        result = analyze_layers(models, reference, pairs, beta=args.beta, layers=layers,
-                                final_norm=not args.no_final_norm, batch_size=args.batch_size, pad_token_id=pad,
-                                reference_name=args.reference_name, pairs_source=args.pairs)
+        result = analyze_layers(
+            models,
+            reference,
+            pairs,
+            beta=args.beta,
+            layers=layers,
+            final_norm=not args.no_final_norm,
+            batch_size=args.batch_size,
+            pad_token_id=pad,
+            reference_name=args.reference_name,
+            pairs_source=args.pairs,
+        )
     except ValueError as err:  # a layer outside 1..L
         raise DpolabError(f"--layers: {err}") from None
     return _finish(args, result, layers_table(result), plot_layers)
@@ -112,6 +140,13 @@ def run_tokens(args: argparse.Namespace) -> int:
     from dpolab.analysis.tokens import token_analysis, tokens_table
 
     models, reference, pairs, pad = _load(args)
-    result = token_analysis(models, reference, pairs, reference_name=args.reference_name,
-                            batch_size=args.batch_size, pad_token_id=pad, pairs_source=args.pairs)
+    result = token_analysis(
+        models,
+        reference,
+        pairs,
+        reference_name=args.reference_name,
+        batch_size=args.batch_size,
+        pad_token_id=pad,
+        pairs_source=args.pairs,
+    )
     return _finish(args, result, tokens_table(result), plot_tokens)

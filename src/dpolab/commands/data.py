@@ -20,51 +20,82 @@ ROWS_SHOWN = 20
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="build, convert and describe preference datasets",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "data",
+        help="build, convert and describe preference datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="{build,convert,stats}", required=True)
 
     from dpolab.data.builders import BUILDER_NAMES, DELIMITERS, TEMPLATES
     from dpolab.data.convert import CONVERTER_NAMES
 
     build = commands.add_parser(
-        "build", help="make the Smaug paper's pairs from MetaMathQA, ARC or HellaSwag rows",
+        "build",
+        help="make the Smaug paper's pairs from MetaMathQA, ARC or HellaSwag rows",
         description="metamath: one intermediate result of the response corrupted; arc, hellaswag: one pair "
-        "per wrong choice. Prompt templates: " + "; ".join(f"{k} {v!r} + {DELIMITERS[k]!r}" for k, v in TEMPLATES.items()),
+        "per wrong choice. Prompt templates: "
+        + "; ".join(f"{k} {v!r} + {DELIMITERS[k]!r}" for k, v in TEMPLATES.items()),
     )
     build.add_argument("builder", choices=BUILDER_NAMES)
     _io_arguments(build)
     build.add_argument("--seed", type=int, default=0, help="seeds MetaMath's corruption (default 0)")
-    build.add_argument("--template", default=None,
-                       help="the prompt, with {field} for the row's fields and \\n for a newline (e.g. 'Question: {query}\\nAnswer:')")
-    build.add_argument("--delimiter", default=None, help="text put before each completion (\\n and \\t are a newline and a tab)")
+    build.add_argument(
+        "--template",
+        default=None,
+        help="the prompt, with {field} for the row's fields and \\n for a newline (e.g. 'Question: {query}\\nAnswer:')",
+    )
+    build.add_argument(
+        "--delimiter",
+        default=None,
+        help="text put before each completion (\\n and \\t are a newline and a tab)",
+    )
     build.set_defaults(func=run_build)
 
     convert = commands.add_parser("convert", help="convert Anthropic HH, UltraFeedback-binarized or SHP rows")
     convert.add_argument("kind", choices=CONVERTER_NAMES)
     _io_arguments(convert)
-    convert.add_argument("--delimiter", default=None, help="shp: text put before each completion (default '\\n\\n')")
+    convert.add_argument(
+        "--delimiter", default=None, help="shp: text put before each completion (default '\\n\\n')"
+    )
     convert.set_defaults(func=run_convert)
 
-    stats = commands.add_parser("stats", help="rows, length percentiles and the normalised edit distance of pairs")
+    stats = commands.add_parser(
+        "stats", help="rows, length percentiles and the normalised edit distance of pairs"
+    )
     stats.add_argument("file", help="a preference file (.jsonl, .json, .parquet, a saved dataset) or hub id")
     stats.add_argument("--split", default=None)
     stats.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (else characters)")
-    stats.add_argument("--format", dest="fmt", default="auto", choices=("auto", "standard", "conversational", "implicit"))
+    stats.add_argument(
+        "--format", dest="fmt", default="auto", choices=("auto", "standard", "conversational", "implicit")
+    )
     stats.add_argument("--on-bad-rows", default="error", choices=ON_BAD_ROWS)
     stats.add_argument("--bins", type=int, default=10, help="histogram bins over [0, 1] (default 10)")
-    stats.add_argument("--level", choices=("token", "char"), default="token",
-                       help="edit distance over tokens (the tokenizer's, else words; default) or characters")
+    stats.add_argument(
+        "--level",
+        choices=("token", "char"),
+        default="token",
+        help="edit distance over tokens (the tokenizer's, else words; default) or characters",
+    )
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=run_stats)
 
 
 def _io_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="a .jsonl/.json/.parquet file, a saved dataset folder or a hub id")
-    parser.add_argument("--split", default=None, help="the split of a hub dataset or saved DatasetDict (default train)")
+    parser.add_argument(
+        "--input", required=True, help="a .jsonl/.json/.parquet file, a saved dataset folder or a hub id"
+    )
+    parser.add_argument(
+        "--split", default=None, help="the split of a hub dataset or saved DatasetDict (default train)"
+    )
     parser.add_argument("--output", required=True, help="the .jsonl file to write (atomically)")
-    parser.add_argument("--on-bad-rows", default="error", choices=ON_BAD_ROWS,
-                        help="error: stop at the first bad row (default); skip: skip bad rows and count them")
+    parser.add_argument(
+        "--on-bad-rows",
+        default="error",
+        choices=ON_BAD_ROWS,
+        help="error: stop at the first bad row (default); skip: skip bad rows and count them",
+    )
 
 
 def report_lines(report: BadRowReport) -> list[str]:
@@ -74,7 +105,9 @@ def report_lines(report: BadRowReport) -> list[str]:
     reasons = "; ".join(f"{n} × {reason}" for reason, n in report.by_reason().items())
     lines = [f"{report.source}: skipped {len(report)} rows ({reasons})"]  # not all bad: see metamath
     for reason in report.by_reason():
-        rows = [s.row for s in report.skipped if (f"{s.field}: {s.reason}" if s.field else s.reason) == reason]
+        rows = [
+            s.row for s in report.skipped if (f"{s.field}: {s.reason}" if s.field else s.reason) == reason
+        ]
         shown = ", ".join(map(str, rows[:ROWS_SHOWN])) + (", ..." if len(rows) > ROWS_SHOWN else "")
         lines.append(f"  {reason}: rows {shown}")
     return lines
@@ -113,8 +146,9 @@ def run_build(args) -> int:
     from dpolab.data.pairs import BadRowPolicy
 
     policy = BadRowPolicy(args.input, args.on_bad_rows)
-    fn = builder_fn(args.builder, seed=args.seed, template=unescape(args.template),
-                    delimiter=unescape(args.delimiter))
+    fn = builder_fn(
+        args.builder, seed=args.seed, template=unescape(args.template), delimiter=unescape(args.delimiter)
+    )
     written = _write(args.output, iter_examples(args.input, fn, policy, split=args.split), args.input)
     return _finish(args, policy.report, written)
 

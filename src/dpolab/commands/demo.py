@@ -5,10 +5,11 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on a laptop CPU in minutes, with the papers' findings in miniature",
+        "demo",
+        help="the whole pipeline on a laptop CPU in minutes, with the papers' findings in miniature",
         description="Generates an arithmetic task, builds a tokenizer and a tiny Llama, runs SFT, then DPO, DPOP and "
-                    "intermediate DPO, evaluates every model and writes OUT/report.html, report.md and summary.json. "
-                    "Finished stages are reused when run again into the same folder.",
+        "intermediate DPO, evaluates every model and writes OUT/report.html, report.md and summary.json. "
+        "Finished stages are reused when run again into the same folder.",
     )
     parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     parser.add_argument("--quick", action="store_true", help="a reduced run (for tests), under two minutes")
@@ -25,8 +26,12 @@ def _run(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dpolab.demo.pipeline import run_demo
 
-    command = "dpolab demo" + (f" --out {args.out}" if args.out != "demo-out" else "") + (
-        " --quick" if args.quick else "") + (f" --seed {args.seed}" if args.seed else "")
+    command = (
+        "dpolab demo"
+        + (f" --out {args.out}" if args.out != "demo-out" else "")
+        + (" --quick" if args.quick else "")
+        + (f" --seed {args.seed}" if args.seed else "")
+    )
     run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force, command=command)
     print(f"dpolab demo: report in {args.out}/report.html")
     return 0

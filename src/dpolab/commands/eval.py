@@ -13,8 +13,12 @@ from dpolab.errors import DpolabError
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if present)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="model dtype (default: bfloat16 on GPUs that have it, else float32)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="model dtype (default: bfloat16 on GPUs that have it, else float32)",
+    )
 
 
 def register(subparsers) -> None:
@@ -22,11 +26,16 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="WHAT")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
-    w = sub.add_parser("winrate", help="pairwise win rate of answer set A against B, judged in both orders",
-                       description="Judges every prompt's two answers twice (A first, then B first); a win or "
-                       "loss counts only when both orders agree, else a tie. Judgements are cached.")
+    w = sub.add_parser(
+        "winrate",
+        help="pairwise win rate of answer set A against B, judged in both orders",
+        description="Judges every prompt's two answers twice (A first, then B first); a win or "
+        "loss counts only when both orders agree, else a tie. Judgements are cached.",
+    )
     w.add_argument("--a", required=True, help="answer file A (JSONL with prompt, completion)")
-    w.add_argument("--b", required=True, help="answer file B, or a preference file whose chosen responses are B")
+    w.add_argument(
+        "--b", required=True, help="answer file B, or a preference file whose chosen responses are B"
+    )
     w.add_argument("--judge", required=True, help="openai:MODEL, hf:PATH_OR_ID, rm:PATH_OR_ID or exact:")
     w.add_argument("--output", required=True, help="result JSON")
     w.add_argument("--name-a", help="name of A in tables (default: file stem)")
@@ -36,10 +45,16 @@ def register(subparsers) -> None:
     w.add_argument("--limit", type=int, help="judge only the first N prompts")
     w.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval")
     w.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    w.add_argument("--retry-unparsed", action="store_true", help="ask again where a cached reply had no verdict")
+    w.add_argument(
+        "--retry-unparsed", action="store_true", help="ask again where a cached reply had no verdict"
+    )
     w.add_argument("--threshold", type=float, default=0.0, help="hf:/rm: a score margin ≤ this is a tie")
-    w.add_argument("--base-url", help="openai: endpoint (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
-    w.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the key")
+    w.add_argument(
+        "--base-url", help="openai: endpoint (default: $OPENAI_BASE_URL or https://api.openai.com/v1)"
+    )
+    w.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the key"
+    )
     w.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight")
     w.add_argument("--timeout", type=float, default=60.0, help="openai: seconds to wait for a reply")
     w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/timeouts")
@@ -51,24 +66,37 @@ def register(subparsers) -> None:
     t = sub.add_parser("tasks", help="downstream accuracy (ARC, HellaSwag: acc/acc_norm; GSM8K: exact match)")
     t.add_argument("--model", required=True, help="model directory or hub id")
     t.add_argument("--tasks", required=True, help="comma-separated: arc, hellaswag, gsm8k")
-    t.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
-                   help="local data file of a task, in the dataset's own schema (repeat per task)")
+    t.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=FILE",
+        help="local data file of a task, in the dataset's own schema (repeat per task)",
+    )
     t.add_argument("--output", required=True, help="result JSON")
     t.add_argument("--limit", type=int, help="first N documents of each task")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k generation length")
-    t.add_argument("--add-bos-token", action="store_true", help="prepend BOS to contexts (lm-eval's add_bos_token)")
+    t.add_argument(
+        "--add-bos-token", action="store_true", help="prepend BOS to contexts (lm-eval's add_bos_token)"
+    )
     t.add_argument("--harness", action="store_true", help="run the tasks with lm-evaluation-harness instead")
     _add_model_options(t)
     t.set_defaults(func=run_tasks)
 
-    f = sub.add_parser("forgetting", help="token loss and perplexity of a model and its reference on held-out text")
+    f = sub.add_parser(
+        "forgetting", help="token loss and perplexity of a model and its reference on held-out text"
+    )
     f.add_argument("--model", required=True, help="the trained model")
     f.add_argument("--reference", required=True, help="the model before preference training (SFT)")
-    f.add_argument("--text", required=True, help=".txt (one document) or .jsonl/.json/.parquet with a text field")
+    f.add_argument(
+        "--text", required=True, help=".txt (one document) or .jsonl/.json/.parquet with a text field"
+    )
     f.add_argument("--output", required=True, help="result JSON")
     f.add_argument("--text-field", default="text")
-    f.add_argument("--context", type=int, help="tokens per chunk (default: the model's context length, at most 2048)")
+    f.add_argument(
+        "--context", type=int, help="tokens per chunk (default: the model's context length, at most 2048)"
+    )
     f.add_argument("--max-tokens", type=int, help="use only the first N tokens of the text")
     f.add_argument("--batch-size", type=int, default=4)
     _add_model_options(f)
@@ -85,22 +113,43 @@ def run_winrate(args: argparse.Namespace) -> int:
     b = load_answers(args.b, limit=args.limit)
     openai_options = {}
     if args.judge.startswith("openai:"):
-        openai_options = dict(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
-                              timeout=args.timeout, max_retries=args.max_retries, backoff=args.backoff,
-                              max_tokens=args.max_tokens)
-    judge = build_judge(args.judge, judge_prompt=args.judge_prompt, threshold=args.threshold, device=args.device,
-                        dtype=args.dtype, **openai_options)
+        openai_options = dict(
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            backoff=args.backoff,
+            max_tokens=args.max_tokens,
+        )
+    judge = build_judge(
+        args.judge,
+        judge_prompt=args.judge_prompt,
+        threshold=args.threshold,
+        device=args.device,
+        dtype=args.dtype,
+        **openai_options,
+    )
     output = Path(args.output)
     cache = args.cache or output.with_name(output.stem + ".judgements.jsonl")
     result = winrate(
-        a, b, judge, cache=cache, samples=args.bootstrap, seed=args.seed, retry_unparsed=args.retry_unparsed,
-        names=(args.name_a or Path(args.a).stem, args.name_b or Path(args.b).stem), sources=(args.a, args.b),
+        a,
+        b,
+        judge,
+        cache=cache,
+        samples=args.bootstrap,
+        seed=args.seed,
+        retry_unparsed=args.retry_unparsed,
+        names=(args.name_a or Path(args.a).stem, args.name_b or Path(args.b).stem),
+        sources=(args.a, args.b),
         on_progress=print_progress if sys.stderr.isatty() else None,
     )
     write_result(output, result)
     print(winrate_table(result))
     j = result["judgements"]
-    print(f"{j['new']} new judgement(s), {j['from_cache']} from the cache ({result['cache']}); result: {output}")
+    print(
+        f"{j['new']} new judgement(s), {j['from_cache']} from the cache ({result['cache']}); result: {output}"
+    )
     return 0
 
 
@@ -120,15 +169,25 @@ def run_tasks(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.harness:
-        result = run_harness(args.model, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device)
+        result = run_harness(
+            args.model, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device
+        )
     else:
         from dpolab.evaluation.loading import load_causal_lm
 
         data = _parse_data(args.data)
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
-        result = evaluate_tasks(model, tokenizer, tasks, data, limit=args.limit, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens, add_bos_token=args.add_bos_token,
-                                model_name=args.model)
+        result = evaluate_tasks(
+            model,
+            tokenizer,
+            tasks,
+            data,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            add_bos_token=args.add_bos_token,
+            model_name=args.model,
+        )
     write_result(args.output, result)
     print(tasks_table(result))
     print(f"result: {args.output}")
@@ -143,9 +202,18 @@ def run_forgetting(args: argparse.Namespace) -> int:
     documents = load_text(args.text, field=args.text_field)
     model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
     reference, ref_tokenizer = load_causal_lm(args.reference, device=args.device, dtype=args.dtype)
-    result = forgetting(model, reference, tokenizer, documents, context=args.context, max_tokens=args.max_tokens,
-                        batch_size=args.batch_size, reference_tokenizer=ref_tokenizer,
-                        names=(args.model, args.reference), text_source=args.text)
+    result = forgetting(
+        model,
+        reference,
+        tokenizer,
+        documents,
+        context=args.context,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        reference_tokenizer=ref_tokenizer,
+        names=(args.model, args.reference),
+        text_source=args.text,
+    )
     write_result(args.output, result)
     print(forgetting_table(result))
     print(f"result: {args.output}")

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         "fields. Re-running on the same output continues an interrupted run.",
     )
     p.add_argument("--model", required=True, help="model directory (or adapter directory) or hub id")
-    p.add_argument("--prompts", required=True, help="JSONL/JSON/Parquet with 'prompt' (text or messages), or pairs")
+    p.add_argument(
+        "--prompts", required=True, help="JSONL/JSON/Parquet with 'prompt' (text or messages), or pairs"
+    )
     p.add_argument("--output", required=True, help="answer file (JSONL)")
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt (default: prompt)")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -38,8 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from dpolab.evaluation.loading import load_causal_lm
 
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-        top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        repetition_penalty=args.repetition_penalty,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        seed=args.seed,
         max_prompt_length=args.max_prompt_length,
     )
     settings.check()
@@ -49,8 +56,16 @@ def run(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"answered {done}/{total}", file=sys.stderr, flush=True)
 
-    report = generate_answers(model, tokenizer, prompts, args.output, settings=settings, model_name=args.model,
-                              overwrite=args.overwrite, on_batch=progress)
+    report = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        args.output,
+        settings=settings,
+        model_name=args.model,
+        overwrite=args.overwrite,
+        on_batch=progress,
+    )
     resumed = f" ({report.resumed} were already there)" if report.resumed else ""
     print(f"{report.generated} answers written to {report.output}{resumed}")
     return 0

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "sweep", help="run a grid of training configs, one process each, then report on them",
+        "sweep",
+        help="run a grid of training configs, one process each, then report on them",
         description="Runs `dpolab train CONFIG` once per combination of the given values, each in its own "
-                    "folder named by its values; finished runs are skipped, so a re-run continues.",
+        "folder named by its values; finished runs are skipped, so a re-run continues.",
         epilog="Example: dpolab sweep dpo.yaml loss.beta=0.1,0.3,0.5 loss.intermediate_layers=[],[11,22]",
     )
     parser.add_argument("config", help="YAML config file")
-    parser.add_argument("axes", nargs="+", metavar="section.key=v1,v2", help="values to sweep (one value: fixed)")
+    parser.add_argument(
+        "axes", nargs="+", metavar="section.key=v1,v2", help="values to sweep (one value: fixed)"
+    )
     parser.add_argument("--out", help="folder for the runs (default: training.output_dir of the config)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.set_defaults(func=_run)

@@ -42,7 +42,9 @@ _RESULT = re.compile(r"(?<![<>!=])=(?!=)[ \t]*(?:\\?\$)?[ \t]*-?(" + NUMBER + r"
 # what may not follow a result: the expression goes on (`= 5 * 2`, `= 3/4`, `= 2^3`, `= 2:30`)
 _CONTINUES = re.compile(r"[ \t]*(?:[-+*/×÷^(:]\s*[\d($\\]|\\times|\\cdot|\\div|[x×][ \t]*\d|\d)")
 # an arithmetic step in the left-hand side
-_OPERATION = re.compile(r"[\d)%}][ \t]*(?:[-+*/×÷^]|\\times|\\cdot|\\div|x(?=[ \t]*\\?\$?\d))|\\frac|\\sqrt|\d%? of ")
+_OPERATION = re.compile(
+    r"[\d)%}][ \t]*(?:[-+*/×÷^]|\\times|\\cdot|\\div|x(?=[ \t]*\\?\$?\d))|\\frac|\\sqrt|\d%? of "
+)
 _FINAL_LINE = re.compile(r"^[ \t]*(?:The answer is:|####)(.*)$", re.MULTILINE)
 _NUMBER_RE = re.compile(NUMBER)
 
@@ -172,8 +174,13 @@ class NoPair(Exception):
         self.field, self.reason = field, reason
 
 
-def metamath_pairs(record: dict[str, Any], *, rng: random.Random, template: str = TEMPLATES["metamath"],
-                   delimiter: str = DELIMITERS["metamath"]) -> list[tuple[str, str, str]]:
+def metamath_pairs(
+    record: dict[str, Any],
+    *,
+    rng: random.Random,
+    template: str = TEMPLATES["metamath"],
+    delimiter: str = DELIMITERS["metamath"],
+) -> list[tuple[str, str, str]]:
     """[(prompt, chosen, rejected)] for one MetaMathQA row; raises BadRow or NoPair."""
     _text(record, "query")
     response = _text(record, "response")
@@ -183,15 +190,19 @@ def metamath_pairs(record: dict[str, Any], *, rng: random.Random, template: str 
     return [(_prompt(record, template), delimiter + response, delimiter + corrupted[0])]
 
 
-def arc_pairs(record: dict[str, Any], *, template: str = TEMPLATES["arc"],
-              delimiter: str = DELIMITERS["arc"]) -> list[tuple[str, str, str]]:
+def arc_pairs(
+    record: dict[str, Any], *, template: str = TEMPLATES["arc"], delimiter: str = DELIMITERS["arc"]
+) -> list[tuple[str, str, str]]:
     """One (prompt, correct, wrong) per wrong choice of an ARC row; raises BadRow."""
     _text(record, "question")
     choices = record.get("choices")
     if choices is None:
         raise BadRow("choices", "missing")
-    if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) \
-            or not isinstance(choices.get("label"), list):
+    if (
+        not isinstance(choices, dict)
+        or not isinstance(choices.get("text"), list)
+        or not isinstance(choices.get("label"), list)
+    ):
         raise BadRow("choices", "expected {'text': [...], 'label': [...]}")
     texts, labels = choices["text"], [str(label) for label in choices["label"]]
     if len(texts) != len(labels):
@@ -220,8 +231,12 @@ def arc_pairs(record: dict[str, Any], *, template: str = TEMPLATES["arc"],
     return pairs
 
 
-def hellaswag_pairs(record: dict[str, Any], *, template: str = TEMPLATES["hellaswag"],
-                    delimiter: str = DELIMITERS["hellaswag"]) -> list[tuple[str, str, str]]:
+def hellaswag_pairs(
+    record: dict[str, Any],
+    *,
+    template: str = TEMPLATES["hellaswag"],
+    delimiter: str = DELIMITERS["hellaswag"],
+) -> list[tuple[str, str, str]]:
     """One (prompt, correct ending, wrong ending) per wrong ending of a HellaSwag row; raises BadRow."""
     _text(record, "ctx")
     endings = record.get("endings")
@@ -257,7 +272,9 @@ def hellaswag_pairs(record: dict[str, Any], *, template: str = TEMPLATES["hellas
 RowFn = Callable[[dict[str, Any], int], list[PreferenceExample]]
 
 
-def iter_examples(source, fn: RowFn, policy: BadRowPolicy, *, split: str | None = None) -> Iterator[PreferenceExample]:
+def iter_examples(
+    source, fn: RowFn, policy: BadRowPolicy, *, split: str | None = None
+) -> Iterator[PreferenceExample]:
     """The examples `fn(record, row_number)` makes from each row of `source`; bad rows go to
     `policy` (raise or count), rows with no pair (`NoPair`) are counted in `policy.report`."""
     for row in read_rows(source, split=split):
@@ -276,13 +293,17 @@ def iter_examples(source, fn: RowFn, policy: BadRowPolicy, *, split: str | None 
                 yield example
 
 
-def builder_fn(builder: str, *, seed: int = 0, template: str | None = None, delimiter: str | None = None) -> RowFn:
+def builder_fn(
+    builder: str, *, seed: int = 0, template: str | None = None, delimiter: str | None = None
+) -> RowFn:
     """`fn(record, row) -> [PreferenceExample]` for a builder name. MetaMath draws its corruption
     from a generator seeded by (seed, row), so a row's pair does not depend on the rows before it."""
     if builder not in BUILDER_NAMES:
         raise DpolabError(f"unknown builder {builder!r}; use one of {', '.join(BUILDER_NAMES)}")
-    kwargs = {"template": TEMPLATES[builder] if template is None else template,
-              "delimiter": DELIMITERS[builder] if delimiter is None else delimiter}
+    kwargs = {
+        "template": TEMPLATES[builder] if template is None else template,
+        "delimiter": DELIMITERS[builder] if delimiter is None else delimiter,
+    }
 
     def fn(record: dict[str, Any], row: int) -> list[PreferenceExample]:
         if builder == "metamath":
@@ -296,9 +317,16 @@ def builder_fn(builder: str, *, seed: int = 0, template: str | None = None, deli
     return fn
 
 
-def build_pairs(builder: str, source, *, split: str | None = None, seed: int = 0, on_bad_rows: str = "error",
-                template: str | None = None, delimiter: str | None = None
-                ) -> tuple[list[PreferenceExample], BadRowReport]:
+def build_pairs(
+    builder: str,
+    source,
+    *,
+    split: str | None = None,
+    seed: int = 0,
+    on_bad_rows: str = "error",
+    template: str | None = None,
+    delimiter: str | None = None,
+) -> tuple[list[PreferenceExample], BadRowReport]:
     """All pairs a builder makes from a raw source (file or hub id), with the report of the rows
     that gave none. Raises `DpolabError` at the first bad row (`on_bad_rows="error"`) and when no
     pair at all comes out."""

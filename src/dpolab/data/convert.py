@@ -55,8 +55,9 @@ def convert_ultrafeedback(record: dict[str, Any], row: int = 0) -> PreferenceExa
     scores = record.get("score_chosen"), record.get("score_rejected")
     if all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores) and scores[0] < scores[1]:
         raise BadRow("score_chosen", f"{scores[0]} is below score_rejected {scores[1]}")
-    example = normalise({k: record[k] for k in ("prompt", "chosen", "rejected") if k in record}, "conversational",
-                        row=row)
+    example = normalise(
+        {k: record[k] for k in ("prompt", "chosen", "rejected") if k in record}, "conversational", row=row
+    )
     if not isinstance(example.prompt, list):
         raise BadRow("prompt", "expected the prompt as messages")
     return example
@@ -78,7 +79,9 @@ def convert_shp(record: dict[str, Any], row: int = 0, *, delimiter: str = "\n\n"
     return PreferenceExample(history, delimiter + chosen, delimiter + rejected, row=row)
 
 
-def converter_fn(kind: str, *, delimiter: str | None = None) -> Callable[[dict[str, Any], int], list[PreferenceExample]]:
+def converter_fn(
+    kind: str, *, delimiter: str | None = None
+) -> Callable[[dict[str, Any], int], list[PreferenceExample]]:
     """`fn(record, row) -> [PreferenceExample]` for a converter name."""
     if kind == "hh":
         return lambda record, row: [convert_hh(record, row)]
@@ -90,8 +93,9 @@ def converter_fn(kind: str, *, delimiter: str | None = None) -> Callable[[dict[s
     raise DpolabError(f"unknown dataset kind {kind!r}; use one of {', '.join(CONVERTER_NAMES)}")
 
 
-def convert_rows(kind: str, source, *, split: str | None = None, on_bad_rows: str = "error",
-                 delimiter: str | None = None) -> tuple[list[PreferenceExample], BadRowReport]:
+def convert_rows(
+    kind: str, source, *, split: str | None = None, on_bad_rows: str = "error", delimiter: str | None = None
+) -> tuple[list[PreferenceExample], BadRowReport]:
     """All pairs converted from a source (file or hub id), with the report of skipped rows.
     Raises `DpolabError` at the first bad row (`on_bad_rows="error"`) and when none is usable."""
     policy = BadRowPolicy(source, on_bad_rows)

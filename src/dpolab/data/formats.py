@@ -119,7 +119,9 @@ def _normalise_conversational(record: dict[str, Any]) -> tuple[Text, Text, Text]
             if isinstance(prompt, str) and prompt.strip():
                 prompt_messages = [{"role": "user", "content": prompt}]
                 return prompt_messages, chosen, rejected
-            raise BadRow("prompt", "missing, and chosen and rejected share no leading messages to take it from")
+            raise BadRow(
+                "prompt", "missing, and chosen and rejected share no leading messages to take it from"
+            )
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
     if not chosen:
         raise BadRow("chosen", "no messages after the prompt")

@@ -85,7 +85,9 @@ def _read_json(path: Path) -> Iterator[Row]:
         if err.msg == "Extra data":  # JSON Lines under a .json name (as SHP's files are)
             yield from _read_jsonl(path)
             return
-        raise DpolabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        raise DpolabError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
     if isinstance(data, dict):
         # {"data": [...]} or a dict of columns
         lists = {k: v for k, v in data.items() if isinstance(v, list)}

@@ -51,16 +51,27 @@ def check_spec(spec: Any, index: int) -> dict[str, Any]:
     if not isinstance(path, str) or not path.strip():
         raise DpolabError(f"{name}: 'path' must name a file or hub dataset")
     weight = spec.get("weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                               or not math.isfinite(weight) or weight <= 0):
+    if weight is not None and (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or weight <= 0
+    ):
         raise DpolabError(f"{name} ({path}): 'weight' must be a positive number, not {weight!r}")
     builder = spec.get("builder")
     if builder is not None and builder not in BUILDER_NAMES:
-        raise DpolabError(f"{name} ({path}): unknown builder {builder!r}; use one of {', '.join(BUILDER_NAMES)}")
+        raise DpolabError(
+            f"{name} ({path}): unknown builder {builder!r}; use one of {', '.join(BUILDER_NAMES)}"
+        )
     split = spec.get("split")
     if split is not None and not isinstance(split, str):
         raise DpolabError(f"{name} ({path}): 'split' must be a string")
-    return {"path": path, "split": split, "weight": None if weight is None else float(weight), "builder": builder}
+    return {
+        "path": path,
+        "split": split,
+        "weight": None if weight is None else float(weight),
+        "builder": builder,
+    }
 
 
 def mixture_counts(sizes: list[int], weights: list[float], *, mix_strategy: str = "sum") -> list[int]:
@@ -96,8 +107,14 @@ def resample(examples: list[PreferenceExample], count: int, rng: random.Random) 
     return examples * copies + rng.sample(examples, rest)
 
 
-def load_sources(specs: list[dict[str, Any]] | dict[str, Any] | str, *, fmt: str = "auto", on_bad_rows: str = "error",
-                 seed: int = 0, mix_strategy: str = "sum") -> tuple[list[PreferenceExample], list[BadRowReport]]:
+def load_sources(
+    specs: list[dict[str, Any]] | dict[str, Any] | str,
+    *,
+    fmt: str = "auto",
+    on_bad_rows: str = "error",
+    seed: int = 0,
+    mix_strategy: str = "sum",
+) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     """The training examples of one source or a mixture, and one bad-row report per source.
 
     Args:
@@ -124,8 +141,9 @@ def load_sources(specs: list[dict[str, Any]] | dict[str, Any] | str, *, fmt: str
     reports: list[BadRowReport] = []
     for spec in specs:
         if spec["builder"]:
-            examples, report = build_pairs(spec["builder"], spec["path"], split=spec["split"], seed=seed,
-                                           on_bad_rows=on_bad_rows)
+            examples, report = build_pairs(
+                spec["builder"], spec["path"], split=spec["split"], seed=seed, on_bad_rows=on_bad_rows
+            )
         else:
             examples, report = load_pairs(spec["path"], split=spec["split"], fmt=fmt, on_bad_rows=on_bad_rows)
         per_source.append(examples)
@@ -133,9 +151,12 @@ def load_sources(specs: list[dict[str, Any]] | dict[str, Any] | str, *, fmt: str
 
     if not all(weighted):
         return [example for examples in per_source for example in examples], reports
-    counts = mixture_counts([len(e) for e in per_source], [spec["weight"] for spec in specs],
-                            mix_strategy=mix_strategy)
+    counts = mixture_counts(
+        [len(e) for e in per_source], [spec["weight"] for spec in specs], mix_strategy=mix_strategy
+    )
     rng = random.Random(seed)
-    mixture = [example for examples, count in zip(per_source, counts) for example in resample(examples, count, rng)]
+    mixture = [
+        example for examples, count in zip(per_source, counts) for example in resample(examples, count, rng)
+    ]
     rng.shuffle(mixture)
     return mixture, reports

@@ -32,7 +32,9 @@ class BadRowReport:
         return len(self.skipped)
 
     def by_reason(self) -> dict[str, int]:
-        return dict(Counter(f"{s.field}: {s.reason}" if s.field else s.reason for s in self.skipped).most_common())
+        return dict(
+            Counter(f"{s.field}: {s.reason}" if s.field else s.reason for s in self.skipped).most_common()
+        )
 
     def summary(self) -> str:
         if not self.skipped:

@@ -118,7 +118,9 @@ def pair_edit_distance(example: PreferenceExample, tokenizer=None, *, level: str
     if tokenizer is not None:
         *_, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
         return normalised_edit_distance(chosen_ids, rejected_ids)
-    return normalised_edit_distance(word_tokens(text_of(example.chosen)), word_tokens(text_of(example.rejected)))
+    return normalised_edit_distance(
+        word_tokens(text_of(example.chosen)), word_tokens(text_of(example.rejected))
+    )
 
 
 def percentiles(values: Sequence[float], qs: Sequence[int] = PERCENTILES) -> dict[str, float]:
@@ -130,7 +132,9 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = PERCENTILES) -> dic
     return {f"p{q}": round(float(v), 3) for q, v in zip(qs, points)}
 
 
-def histogram(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> list[dict[str, float]]:
+def histogram(
+    values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0
+) -> list[dict[str, float]]:
     """Counts of `values` in `bins` equal bins over [lo, hi]; the last bin includes `hi`.
 
     Returns `[{"lo": 0.0, "hi": 0.1, "count": 3}, ...]`.
@@ -142,8 +146,9 @@ def histogram(values: Sequence[float], *, bins: int = 10, lo: float = 0.0, hi: f
     ]
 
 
-def dataset_stats(examples: Sequence[PreferenceExample], *, tokenizer=None, bins: int = 10,
-                  level: str = "token") -> dict[str, Any]:
+def dataset_stats(
+    examples: Sequence[PreferenceExample], *, tokenizer=None, bins: int = 10, level: str = "token"
+) -> dict[str, Any]:
     """Rows, length percentiles and the normalised edit distance distribution of a list of pairs.
 
     Lengths are in tokens when a tokenizer is given (as the trainer tokenises: BOS in the prompt,
@@ -156,8 +161,11 @@ def dataset_stats(examples: Sequence[PreferenceExample], *, tokenizer=None, bins
     for example in examples:
         if tokenizer is not None:
             p, c, r, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
-            distances.append(normalised_edit_distance(chosen_ids, rejected_ids) if level == "token"
-                             else pair_edit_distance(example, level="char"))
+            distances.append(
+                normalised_edit_distance(chosen_ids, rejected_ids)
+                if level == "token"
+                else pair_edit_distance(example, level="char")
+            )
         else:
             p, c, r = (len(text_of(t)) for t in (example.prompt, example.chosen, example.rejected))
             distances.append(pair_edit_distance(example, level=level))
@@ -167,8 +175,11 @@ def dataset_stats(examples: Sequence[PreferenceExample], *, tokenizer=None, bins
     return {
         "rows": len(examples),
         "unit": "tokens" if tokenizer is not None else "characters",
-        "edit_distance_unit": "characters" if level == "char" else
-        "tokenizer tokens" if tokenizer is not None else "words and punctuation",
+        "edit_distance_unit": "characters"
+        if level == "char"
+        else "tokenizer tokens"
+        if tokenizer is not None
+        else "words and punctuation",
         "prompt_length": percentiles(prompt_lengths),
         "chosen_length": percentiles(chosen_lengths),
         "rejected_length": percentiles(rejected_lengths),
@@ -202,4 +213,3 @@ def format_stats(stats: dict[str, Any], *, source: str = "", width: int = 40) ->
         bar = "#" * round(width * b["count"] / peak)
         lines.append(f"  {b['lo']:4.0%}-{b['hi']:4.0%} {b['count']:7d} {bar}")
     return "\n".join(lines)
-

@@ -28,8 +28,12 @@ class TokenizedPair:
     completion_truncated: bool = False
 
     def to_dict(self) -> dict:
-        return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids,
-                "row": self.row}
+        return {
+            "prompt_ids": self.prompt_ids,
+            "chosen_ids": self.chosen_ids,
+            "rejected_ids": self.rejected_ids,
+            "row": self.row,
+        }
 
 
 def _ids(tokenizer, text: Text, *, generation_prompt: bool = False) -> list[int]:
@@ -46,7 +50,9 @@ def _ids(tokenizer, text: Text, *, generation_prompt: bool = False) -> list[int]
     return list(tokenizer(text)["input_ids"])
 
 
-def tokenize_prompt_completions(tokenizer, prompt: Text, completions: list[Text]) -> tuple[list[int], list[list[int]]]:
+def tokenize_prompt_completions(
+    tokenizer, prompt: Text, completions: list[Text]
+) -> tuple[list[int], list[list[int]]]:
     """(prompt_ids, [completion_ids, ...]) sharing one prompt, before truncation."""
     eos = tokenizer.eos_token or ""
     prompt_ids = _ids(tokenizer, prompt, generation_prompt=True)
@@ -64,7 +70,11 @@ def tokenize_prompt_completions(tokenizer, prompt: Text, completions: list[Text]
 
 
 def truncate(
-    prompt_ids: list[int], completions: list[list[int]], *, max_length: int | None, max_prompt_length: int | None
+    prompt_ids: list[int],
+    completions: list[list[int]],
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
 ) -> tuple[list[int], list[list[int]], bool, bool]:
     """Prompt keeps its end; completions keep their start. Raises `BadRow` if no completion token fits."""
     prompt_truncated = max_prompt_length is not None and len(prompt_ids) > max_prompt_length

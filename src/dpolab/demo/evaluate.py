@@ -43,10 +43,20 @@ def accuracy(answers_file: Path) -> float:
 def generate(model, tokenizer, name: str, prompts, out: Path, settings: DemoSettings) -> dict[str, float]:
     """Greedy and sampled (temperature 0.3, repetition penalty 1.1) answers; their accuracies."""
     modes = {
-        "greedy": GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=0.0, repetition_penalty=1.0,
-                                     batch_size=settings.generation_batch, seed=settings.seed),
-        "sampled": GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=0.3, repetition_penalty=1.1,
-                                      batch_size=settings.generation_batch, seed=settings.seed),
+        "greedy": GenerationSettings(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=0.0,
+            repetition_penalty=1.0,
+            batch_size=settings.generation_batch,
+            seed=settings.seed,
+        ),
+        "sampled": GenerationSettings(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=0.3,
+            repetition_penalty=1.1,
+            batch_size=settings.generation_batch,
+            seed=settings.seed,
+        ),
     }
     result = {}
     for mode, gen in modes.items():
@@ -56,8 +66,13 @@ def generate(model, tokenizer, name: str, prompts, out: Path, settings: DemoSett
     return result
 
 
-def evaluate_models(out: Path, run_dirs: dict[str, Path], data: dict[str, Path], settings: DemoSettings,
-                    pairs_of: dict[str, str]) -> dict[str, Any]:
+def evaluate_models(
+    out: Path,
+    run_dirs: dict[str, Path],
+    data: dict[str, Path],
+    settings: DemoSettings,
+    pairs_of: dict[str, str],
+) -> dict[str, Any]:
     """Every figure of the demo's table, keyed by model name, plus the analyses' result dicts.
 
     Args:
@@ -71,10 +86,14 @@ def evaluate_models(out: Path, run_dirs: dict[str, Path], data: dict[str, Path],
     tokenizer = AutoTokenizer.from_pretrained(run_dirs[REFERENCE])
     pad = tokenizer.pad_token_id
     prompts = load_prompts(data["test.problems"], limit=settings.test_problems)
-    pairs = {kind: load_tokenized_pairs(data[f"eval.{kind}"], tokenizer, limit=settings.eval_pairs)
-             for kind in ("low", "high")}
+    pairs = {
+        kind: load_tokenized_pairs(data[f"eval.{kind}"], tokenizer, limit=settings.eval_pairs)
+        for kind in ("low", "high")
+    }
     reference = _load(run_dirs[REFERENCE])
-    ref_chosen = {kind: pair_logprobs(reference, p, batch_size=32, pad_token_id=pad)[0][0] for kind, p in pairs.items()}
+    ref_chosen = {
+        kind: pair_logprobs(reference, p, batch_size=32, pad_token_id=pad)[0][0] for kind, p in pairs.items()
+    }
 
     table: dict[str, dict[str, float]] = {}
     models = {}
@@ -88,8 +107,11 @@ def evaluate_models(out: Path, run_dirs: dict[str, Path], data: dict[str, Path],
         row["pairs"] = kind
         # mean over eval pairs of log π_θ(y_w|x) − log π_sft(y_w|x); > 0: the chosen answer became more likely
         row["chosen_logp_change"] = (chosen - ref_chosen[kind]).mean().item()
-        row["chosen_logp_change_per_token"] = ((chosen - ref_chosen[kind])
-                                               / torch.tensor([len(p.chosen_ids) for p in pairs[kind]])).mean().item()
+        row["chosen_logp_change_per_token"] = (
+            ((chosen - ref_chosen[kind]) / torch.tensor([len(p.chosen_ids) for p in pairs[kind]]))
+            .mean()
+            .item()
+        )
         table[name] = row
 
     trained = {n: m for n, m in models.items() if n != REFERENCE}
@@ -97,15 +119,30 @@ def evaluate_models(out: Path, run_dirs: dict[str, Path], data: dict[str, Path],
     for kind in ("low", "high"):
         group = {n: m for n, m in trained.items() if pairs_of[n] == kind}
         if group:
-            layers[kind] = analyze_layers(group, reference, pairs[kind], beta=settings.beta, batch_size=32,
-                                          pad_token_id=pad, reference_name=REFERENCE, pairs_source=str(data[f"eval.{kind}"]))
+            layers[kind] = analyze_layers(
+                group,
+                reference,
+                pairs[kind],
+                beta=settings.beta,
+                batch_size=32,
+                pad_token_id=pad,
+                reference_name=REFERENCE,
+                pairs_source=str(data[f"eval.{kind}"]),
+            )
             write_result(eval_dir / f"layers-{kind}.json", layers[kind])
             for name, curves in layers[kind]["models"].items():
                 table[name]["rewards/accuracies"] = curves["rewards/accuracies"][-1]
                 table[name]["dpo_likelihood"] = curves["dpo_likelihood"][-1]
     low = {n: m for n, m in trained.items() if pairs_of[n] == "low"}
-    tokens = token_analysis(low, reference, pairs["low"], reference_name=REFERENCE, batch_size=32, pad_token_id=pad,
-                            pairs_source=str(data["eval.low"]))
+    tokens = token_analysis(
+        low,
+        reference,
+        pairs["low"],
+        reference_name=REFERENCE,
+        batch_size=32,
+        pad_token_id=pad,
+        pairs_source=str(data["eval.low"]),
+    )
     write_result(eval_dir / "tokens-low.json", tokens)
     for name, spans in tokens["models"].items():
         table[name]["tokens/chosen_before_m"] = spans["chosen_before_m"]["mean"]
@@ -115,14 +152,27 @@ def evaluate_models(out: Path, run_dirs: dict[str, Path], data: dict[str, Path],
     answers = {name: load_answers(eval_dir / "answers" / f"{name}.greedy.jsonl") for name in run_dirs}
     wins = {}
     comparisons = [(name, REFERENCE) for name in trained] + [
-        (a, b) for a, b in (("idpo-low", "dpo-low"), ("dpop-low", "dpo-low"), ("dpop-high", "dpo-high"))
-        if a in answers and b in answers]
+        (a, b)
+        for a, b in (("idpo-low", "dpo-low"), ("dpop-low", "dpo-low"), ("dpop-high", "dpo-high"))
+        if a in answers and b in answers
+    ]
     for a, b in comparisons:
-        result = winrate(answers[a], answers[b], judge, cache=eval_dir / "judgements.jsonl", names=(a, b),
-                         sources=(f"{a}.greedy", f"{b}.greedy"))
+        result = winrate(
+            answers[a],
+            answers[b],
+            judge,
+            cache=eval_dir / "judgements.jsonl",
+            names=(a, b),
+            sources=(f"{a}.greedy", f"{b}.greedy"),
+        )
         write_result(eval_dir / f"winrate-{a}-vs-{b}.json", result)
-        wins[f"{a} vs {b}"] = {k: result[k] for k in ("wins", "losses", "ties", "win_rate", "win_rate_no_ties", "ci95")}
+        wins[f"{a} vs {b}"] = {
+            k: result[k] for k in ("wins", "losses", "ties", "win_rate", "win_rate_no_ties", "ci95")
+        }
         if b == REFERENCE:
             table[a]["vs_sft/win"], table[a]["vs_sft/lose"], table[a]["vs_sft/tie"] = (
-                result["wins"], result["losses"], result["ties"])
+                result["wins"],
+                result["losses"],
+                result["ties"],
+            )
     return {"models": table, "layers": layers, "tokens": tokens, "winrates": wins}

@@ -55,8 +55,12 @@ def stage_task(out: Path, settings: DemoSettings) -> dict[str, Any]:
     splits = make_splits(seed=settings.seed, sizes=settings.sizes, config=settings.task)
     paths = write_splits(out / "data", splits)
     stats = edit_distance_stats(splits["train"])
-    return {"files": {k: str(v) for k, v in paths.items()}, "edit_distance": stats,
-            "sizes": {k: len(v) for k, v in splits.items()}, "example": splits["train"][0].to_dict()}
+    return {
+        "files": {k: str(v) for k, v in paths.items()},
+        "edit_distance": stats,
+        "sizes": {k: len(v) for k, v in splits.items()},
+        "example": splits["train"][0].to_dict(),
+    }
 
 
 def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict[str, Any]:
@@ -65,17 +69,41 @@ def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict
 
     tokenizer = build_tokenizer()
     model = save_model(out / "base-model", tokenizer, settings.model, seed=settings.seed)
-    return {"path": str(out / "base-model"), "parameters": num_parameters(model), "vocab": len(tokenizer),
-            "size": size_dict(settings.model)}
+    return {
+        "path": str(out / "base-model"),
+        "parameters": num_parameters(model),
+        "vocab": len(tokenizer),
+        "size": size_dict(settings.model),
+    }
 
 
-def _config(out: Path, name: str, model: str, train: str, eval_file: str, training: dict[str, Any],
-            settings: DemoSettings, loss: dict[str, Any] | None = None, limit: int | None = None) -> Path:
+def _config(
+    out: Path,
+    name: str,
+    model: str,
+    train: str,
+    eval_file: str,
+    training: dict[str, Any],
+    settings: DemoSettings,
+    loss: dict[str, Any] | None = None,
+    limit: int | None = None,
+) -> Path:
     values: dict[str, Any] = {
         "model": {"name_or_path": model},
-        "data": {"train": train, "eval": eval_file, "max_length": 128, "max_prompt_length": 80, "limit": limit},
-        "training": {"output_dir": str(out / "runs" / name), "seed": settings.seed, "save_strategy": "no",
-                     "report_to": "none", **training},
+        "data": {
+            "train": train,
+            "eval": eval_file,
+            "max_length": 128,
+            "max_prompt_length": 80,
+            "limit": limit,
+        },
+        "training": {
+            "output_dir": str(out / "runs" / name),
+            "seed": settings.seed,
+            "save_strategy": "no",
+            "report_to": "none",
+            **training,
+        },
     }
     if loss is not None:
         values["loss"] = loss
@@ -96,32 +124,57 @@ def _run_cli(command: str, config: Path) -> None:
         raise DpolabError(f"the demo's `dpolab {command} {config}` failed (exit code {code})")
 
 
-def stage_sft(out: Path, settings: DemoSettings, task: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def stage_sft(
+    out: Path, settings: DemoSettings, task: dict[str, Any], model: dict[str, Any]
+) -> dict[str, Any]:
     files = task["files"]
     config = _config(out, "sft", model["path"], files["train.low"], files["eval.low"], settings.sft, settings)
     _run_cli("sft", config)
     return {"path": str(out / "runs" / "sft"), "config": str(config)}
 
 
-def stage_train(out: Path, settings: DemoSettings, task: dict[str, Any], sft: dict[str, Any]) -> dict[str, Any]:
+def stage_train(
+    out: Path, settings: DemoSettings, task: dict[str, Any], sft: dict[str, Any]
+) -> dict[str, Any]:
     files = task["files"]
     runs = {}
     for n, run in enumerate(settings.runs, start=1):
         folder = out / "runs" / run.name
-        config = _config(out, run.name, sft["path"], files[f"train.{run.pairs}"], files[f"eval.{run.pairs}"],
-                         settings.preference, settings, loss=run.loss, limit=settings.preference_pairs)
+        config = _config(
+            out,
+            run.name,
+            sft["path"],
+            files[f"train.{run.pairs}"],
+            files[f"eval.{run.pairs}"],
+            settings.preference,
+            settings,
+            loss=run.loss,
+            limit=settings.preference_pairs,
+        )
         if (folder / "summary.json").exists():
             log.info("  %s already trained", run.name)
         else:
-            log.info("  run %d/%d: %s on %s-edit pairs (%s)", n, len(settings.runs), run.name, run.pairs,
-                     ", ".join(f"{k} {v}" for k, v in run.loss.items()))
+            log.info(
+                "  run %d/%d: %s on %s-edit pairs (%s)",
+                n,
+                len(settings.runs),
+                run.name,
+                run.pairs,
+                ", ".join(f"{k} {v}" for k, v in run.loss.items()),
+            )
             _run_cli("train", config)
         runs[run.name] = {"path": str(folder), "config": str(config), "pairs": run.pairs}
     return {"runs": runs}
 
 
-def run_demo(out: str | Path = "demo-out", *, quick: bool = False, seed: int = 0, force: bool = False,
-             command: str = "dpolab demo") -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "demo-out",
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    command: str = "dpolab demo",
+) -> dict[str, Any]:
     """Run (or finish) the demo into `out`; returns the summary (also OUT/summary.json)."""
     from dpolab.demo.evaluate import REFERENCE, evaluate_models
     from dpolab.demo.report import write_demo_report
@@ -137,8 +190,10 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, seed: int = 0
     if previous is not None and previous != current:
         from dpolab.errors import DpolabError
 
-        raise DpolabError(f"{out} holds a demo run with {previous}; this one asks for {current}: use another --out, "
-                          f"or --force to start again")
+        raise DpolabError(
+            f"{out} holds a demo run with {previous}; this one asks for {current}: use another --out, "
+            f"or --force to start again"
+        )
     stages.mark("settings", current)
     timings = dict(stages.done("timings") or {})
 
@@ -164,11 +219,21 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, seed: int = 0
     pairs_of = {REFERENCE: "low", **{k: v["pairs"] for k, v in trained["runs"].items()}}
     files = {k: Path(v) for k, v in task["files"].items()}
     results = stage(5, "evaluate", evaluate_models, out, run_dirs, files, settings, pairs_of)
-    intermediate = next((list(r.loss["intermediate_layers"]) for r in settings.runs if "intermediate_layers" in r.loss), [])
+    intermediate = next(
+        (list(r.loss["intermediate_layers"]) for r in settings.runs if "intermediate_layers" in r.loss), []
+    )
 
     def report() -> dict[str, Any]:
-        summary = write_demo_report(out, results, run_dirs=run_dirs, task=task, timings=timings, command=command,
-                                    intermediate_layers=intermediate, quick=quick)
+        summary = write_demo_report(
+            out,
+            results,
+            run_dirs=run_dirs,
+            task=task,
+            timings=timings,
+            command=command,
+            intermediate_layers=intermediate,
+            quick=quick,
+        )
         return {"findings": summary["findings"]}
 
     stage(6, "report", report)

@@ -42,31 +42,38 @@ def findings(results: dict[str, Any], intermediate_layers: list[int]) -> list[di
     if dpo and dpop:
         d, p = dpo["chosen_logp_change"], dpop["chosen_logp_change"]
         shown = d < 0 <= p
-        out.append({
-            "finding": "Smaug, §3–4: on low-edit-distance pairs DPO lowers the chosen completion's log-prob below the "
-                       "reference's, DPOP keeps it at or above",
-            "shown": shown,
-            "text": f"DPO changed log p(chosen) by {d:+.3f} nats against the SFT reference, DPOP by {p:+.3f}. "
-                    + _verdict(shown, p > d),
-        })
+        out.append(
+            {
+                "finding": "Smaug, §3–4: on low-edit-distance pairs DPO lowers the chosen completion's log-prob below the "
+                "reference's, DPOP keeps it at or above",
+                "shown": shown,
+                "text": f"DPO changed log p(chosen) by {d:+.3f} nats against the SFT reference, DPOP by {p:+.3f}. "
+                + _verdict(shown, p > d),
+            }
+        )
     if sft and dpo and dpop:
         a0, a1, a2 = sft["accuracy/greedy"], dpo["accuracy/greedy"], dpop["accuracy/greedy"]
         shown = a1 < a0 and a2 > a1
-        out.append({
-            "finding": "Smaug, Fig. 2 (MetaMath): DPO on low-edit pairs loses accuracy, DPOP does not lose as much",
-            "shown": shown,
-            "text": f"Greedy exact-match accuracy: SFT {a0:.1%}, DPO {a1:.1%}, DPOP {a2:.1%}. " + _verdict(shown),
-        })
+        out.append(
+            {
+                "finding": "Smaug, Fig. 2 (MetaMath): DPO on low-edit pairs loses accuracy, DPOP does not lose as much",
+                "shown": shown,
+                "text": f"Greedy exact-match accuracy: SFT {a0:.1%}, DPO {a1:.1%}, DPOP {a2:.1%}. "
+                + _verdict(shown),
+            }
+        )
     high = table.get("dpo-high")
     if sft and high:
         a0, a1 = sft["accuracy/greedy"], high["accuracy/greedy"]
         shown = a1 >= a0
-        out.append({
-            "finding": "Smaug, Fig. 2 (ARC): on high-edit-distance pairs DPO does not lose accuracy",
-            "shown": shown,
-            "text": f"Greedy accuracy: SFT {a0:.1%}, DPO on high-edit pairs {a1:.1%} (its log p(chosen) changed by "
-                    f"{high['chosen_logp_change']:+.3f} nats). " + _verdict(shown),
-        })
+        out.append(
+            {
+                "finding": "Smaug, Fig. 2 (ARC): on high-edit-distance pairs DPO does not lose accuracy",
+                "shown": shown,
+                "text": f"Greedy accuracy: SFT {a0:.1%}, DPO on high-edit pairs {a1:.1%} (its log p(chosen) changed by "
+                f"{high['chosen_logp_change']:+.3f} nats). " + _verdict(shown),
+            }
+        )
     layers = results.get("layers", {}).get("low")
     if layers and "idpo-low" in layers["models"] and "dpo-low" in layers["models"]:
         numbers = layers["layers"]
@@ -78,26 +85,43 @@ def findings(results: dict[str, Any], intermediate_layers: list[int]) -> list[di
             return all(idpo[i] > idpo[j] for j in (i - 1, i + 1) if 0 <= j < len(idpo))
 
         peaks = [k for k in intermediate_layers if k in numbers and local_peak(k)]
-        gains = {k: idpo[numbers.index(k)] - plain[numbers.index(k)] for k in intermediate_layers if k in numbers}
+        gains = {
+            k: idpo[numbers.index(k)] - plain[numbers.index(k)] for k in intermediate_layers if k in numbers
+        }
         final_ok = idpo[-1] >= plain[-1]
         shown = bool(peaks) and final_ok
-        out.append({
-            "finding": "Intermediate DPO, Fig. 3: its layer-wise DPO likelihood peaks at the chosen intermediate layer, "
-                       "and its final-layer likelihood is at least DPO's",
-            "shown": shown,
-            "text": ("The curve has a peak at layer " + ", ".join(map(str, peaks)) if peaks else
-                     "The curve has no peak at the chosen layers " + ", ".join(map(str, intermediate_layers)))
-                    + f" (it rises to layer {numbers[max(range(len(idpo)), key=idpo.__getitem__)]} of {numbers[-1]}); "
-                    + "over DPO's curve it gains " + ", ".join(f"{v:+.4f} at layer {k}" for k, v in gains.items())
-                    + f"; final layer {idpo[-1]:.4f} vs DPO {plain[-1]:.4f}. "
-                    + _verdict(shown, final_ok or all(v > 0 for v in gains.values())),
-        })
+        out.append(
+            {
+                "finding": "Intermediate DPO, Fig. 3: its layer-wise DPO likelihood peaks at the chosen intermediate layer, "
+                "and its final-layer likelihood is at least DPO's",
+                "shown": shown,
+                "text": (
+                    "The curve has a peak at layer " + ", ".join(map(str, peaks))
+                    if peaks
+                    else "The curve has no peak at the chosen layers "
+                    + ", ".join(map(str, intermediate_layers))
+                )
+                + f" (it rises to layer {numbers[max(range(len(idpo)), key=idpo.__getitem__)]} of {numbers[-1]}); "
+                + "over DPO's curve it gains "
+                + ", ".join(f"{v:+.4f} at layer {k}" for k, v in gains.items())
+                + f"; final layer {idpo[-1]:.4f} vs DPO {plain[-1]:.4f}. "
+                + _verdict(shown, final_ok or all(v > 0 for v in gains.values())),
+            }
+        )
     return out
 
 
-def write_demo_report(out: Path, results: dict[str, Any], *, run_dirs: dict[str, Path], task: dict[str, Any],
-                      timings: dict[str, float], command: str, intermediate_layers: list[int],
-                      quick: bool = False) -> dict[str, Any]:
+def write_demo_report(
+    out: Path,
+    results: dict[str, Any],
+    *,
+    run_dirs: dict[str, Path],
+    task: dict[str, Any],
+    timings: dict[str, float],
+    command: str,
+    intermediate_layers: list[int],
+    quick: bool = False,
+) -> dict[str, Any]:
     """Write report.html, report.md, plots/ and summary.json under `out`; returns the summary."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -105,53 +129,101 @@ def write_demo_report(out: Path, results: dict[str, Any], *, run_dirs: dict[str,
     table = results["models"]
     blocks: list = [
         Heading(1, "dpolab demo"),
-        Para(f"{datetime.date.today().isoformat()}, dpolab {__version__}, `{command}`. A tiny Llama trained on "
-             f"generated arithmetic problems: SFT on the correct solutions, then preference training from the SFT "
-             f"model on pairs whose rejected solution has one intermediate result wrong (low edit distance, "
-             f"{100 * task['edit_distance']['low/mean']:.1f} % on average) or a wrong chain to a wrong answer (high, "
-             f"{100 * task['edit_distance']['high/mean']:.1f} %)."),
+        Para(
+            f"{datetime.date.today().isoformat()}, dpolab {__version__}, `{command}`. A tiny Llama trained on "
+            f"generated arithmetic problems: SFT on the correct solutions, then preference training from the SFT "
+            f"model on pairs whose rejected solution has one intermediate result wrong (low edit distance, "
+            f"{100 * task['edit_distance']['low/mean']:.1f} % on average) or a wrong chain to a wrong answer (high, "
+            f"{100 * task['edit_distance']['high/mean']:.1f} %)."
+        ),
         Heading(2, "What it shows"),
     ]
     if quick:
-        blocks.append(Para("This is a --quick run: every stage runs, but the model is too small and trained too "
-                           "briefly for the findings below to mean anything. Run `dpolab demo` for the real thing."))
+        blocks.append(
+            Para(
+                "This is a --quick run: every stage runs, but the model is too small and trained too "
+                "briefly for the findings below to mean anything. Run `dpolab demo` for the real thing."
+            )
+        )
     for f in found:
         verdict = {True: "shown", False: "not shown", None: "not checked"}[f["shown"]]
         blocks.append(Para(f"{f['finding']}: {verdict}. {f['text']}"))
-    blocks += [Heading(2, "Models"),
-               Table(["model", *(h for _, h in COLUMNS)],
-                     [[name, *(row.get(k) for k, _ in COLUMNS)] for name, row in table.items()]),
-               Para("Accuracy: exact match of the final answer on held-out problems. Δ log p(chosen): mean over eval "
-                    "pairs of log π(y_w|x) − log π_SFT(y_w|x) (summed over the completion). Token columns: mean "
-                    "per-token log-prob of the chosen solution before / from the first token where chosen and "
-                    "rejected differ (Smaug, Fig. 3). Win/lose/tie: the exact-answer judge, both orders.")]
+    blocks += [
+        Heading(2, "Models"),
+        Table(
+            ["model", *(h for _, h in COLUMNS)],
+            [[name, *(row.get(k) for k, _ in COLUMNS)] for name, row in table.items()],
+        ),
+        Para(
+            "Accuracy: exact match of the final answer on held-out problems. Δ log p(chosen): mean over eval "
+            "pairs of log π(y_w|x) − log π_SFT(y_w|x) (summed over the completion). Token columns: mean "
+            "per-token log-prob of the chosen solution before / from the first token where chosen and "
+            "rejected differ (Smaug, Fig. 3). Win/lose/tie: the exact-answer judge, both orders."
+        ),
+    ]
     if results.get("winrates"):
-        blocks += [Heading(2, "Pairwise comparisons (greedy answers, exact-answer judge)"),
-                   Table(["comparison", "win", "lose", "tie", "win rate (ties ½)"],
-                         [[k, v["wins"], v["losses"], v["ties"], v["win_rate"]] for k, v in results["winrates"].items()])]
+        blocks += [
+            Heading(2, "Pairwise comparisons (greedy answers, exact-answer judge)"),
+            Table(
+                ["comparison", "win", "lose", "tie", "win rate (ties ½)"],
+                [
+                    [k, v["wins"], v["losses"], v["ties"], v["win_rate"]]
+                    for k, v in results["winrates"].items()
+                ],
+            ),
+        ]
     images = []
     for kind, result in results.get("layers", {}).items():
-        images.append((plot_layers(result, plots / f"layers-{kind}.png"),
-                       f"DPO likelihood per layer against the SFT reference ({kind}-edit eval pairs)"))
+        images.append(
+            (
+                plot_layers(result, plots / f"layers-{kind}.png"),
+                f"DPO likelihood per layer against the SFT reference ({kind}-edit eval pairs)",
+            )
+        )
     if results.get("tokens"):
-        images.append((plot_tokens(results["tokens"], plots / "tokens-low.png"),
-                       "Mean per-token log-prob of the chosen solution before / from the first differing token"))
+        images.append(
+            (
+                plot_tokens(results["tokens"], plots / "tokens-low.png"),
+                "Mean per-token log-prob of the chosen solution before / from the first differing token",
+            )
+        )
     runs = [load_run(path, name) for name, path in run_dirs.items()]
-    for key, title in (("rewards/accuracies", "eval rewards/accuracies"), ("loss", "loss"),
-                       ("logps/chosen", "log p(chosen)")):
-        path = plot_curves([r for r in runs if r.name != "sft"], key, plots / f"curve-{key.replace('/', '-')}.png",
-                           mark_peak=key == "rewards/accuracies", title=title)
+    for key, title in (
+        ("rewards/accuracies", "eval rewards/accuracies"),
+        ("loss", "loss"),
+        ("logps/chosen", "log p(chosen)"),
+    ):
+        path = plot_curves(
+            [r for r in runs if r.name != "sft"],
+            key,
+            plots / f"curve-{key.replace('/', '-')}.png",
+            mark_peak=key == "rewards/accuracies",
+            title=title,
+        )
         if path:
             images.append((path, f"training curves: {title}"))
-    path = plot_curves([r for r in runs if r.name == "sft"], "loss", plots / "curve-sft-loss.png", title="SFT loss")
+    path = plot_curves(
+        [r for r in runs if r.name == "sft"], "loss", plots / "curve-sft-loss.png", title="SFT loss"
+    )
     if path:
         images.append((path, "SFT loss"))
     blocks += [Heading(2, "Plots"), *(Image(p, c) for p, c in images if p)]
-    blocks += [Heading(2, "Time per stage"), Table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()])]
+    blocks += [
+        Heading(2, "Time per stage"),
+        Table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()]),
+    ]
     (out / "report.html").write_text(to_html(blocks, "dpolab demo"), encoding="utf-8")
     (out / "report.md").write_text(to_markdown(blocks, out), encoding="utf-8")
-    summary = {"date": datetime.date.today().isoformat(), "command": command, "dpolab": __version__, "quick": quick,
-               "models": table, "findings": found, "task": task, "winrates": results.get("winrates", {}),
-               "timings_s": timings}
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "dpolab": __version__,
+        "quick": quick,
+        "models": table,
+        "findings": found,
+        "task": task,
+        "winrates": results.get("winrates", {}),
+        "timings_s": timings,
+    }
     write_json_atomic(out / "summary.json", summary)
     return summary

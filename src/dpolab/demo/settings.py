@@ -31,21 +31,40 @@ class DemoSettings:
     task: TaskConfig = field(default_factory=TaskConfig)
     # SFT sees each training problem once (700 steps × 32); the preference runs use the first 3,200
     sizes: SplitSizes = field(default_factory=lambda: SplitSizes(train=22400, eval=200, test=200))
-    model: ModelSize = field(default_factory=lambda: ModelSize(hidden_size=128, num_layers=6, intermediate_size=352))
-    sft: dict[str, Any] = field(default_factory=lambda: {
-        "learning_rate": 1e-3, "max_steps": 700, "per_device_train_batch_size": 32, "adam_beta2": 0.98,
-        "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0, "logging_steps": 25,
-        "eval_steps": 175,
-    })
-    preference: dict[str, Any] = field(default_factory=lambda: {
-        "learning_rate": 3e-5, "max_steps": 100, "per_device_train_batch_size": 32, "logging_steps": 10,
-        "eval_steps": 50, "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.1,
-    })
+    model: ModelSize = field(
+        default_factory=lambda: ModelSize(hidden_size=128, num_layers=6, intermediate_size=352)
+    )
+    sft: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 1e-3,
+            "max_steps": 700,
+            "per_device_train_batch_size": 32,
+            "adam_beta2": 0.98,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.05,
+            "weight_decay": 0.0,
+            "logging_steps": 25,
+            "eval_steps": 175,
+        }
+    )
+    preference: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 3e-5,
+            "max_steps": 100,
+            "per_device_train_batch_size": 32,
+            "logging_steps": 10,
+            "eval_steps": 50,
+            "lr_scheduler_type": "constant_with_warmup",
+            "warmup_steps": 0.1,
+        }
+    )
     preference_pairs: int = 3200  # data.limit of the preference runs: max_steps × batch, each pair once
     runs: tuple[PreferenceRun, ...] = (
         PreferenceRun("dpo-low", "low", {"method": "dpo", "beta": 0.3}),
         PreferenceRun("dpop-low", "low", {"method": "dpop", "beta": 0.3, "dpop_lambda": 50.0}),
-        PreferenceRun("idpo-low", "low", {"method": "dpo", "beta": 0.3, "intermediate_layers": [3, 5], "gamma": 0.9}),
+        PreferenceRun(
+            "idpo-low", "low", {"method": "dpo", "beta": 0.3, "intermediate_layers": [3, 5], "gamma": 0.9}
+        ),
         PreferenceRun("dpo-high", "high", {"method": "dpo", "beta": 0.3}),
         PreferenceRun("dpop-high", "high", {"method": "dpop", "beta": 0.3, "dpop_lambda": 50.0}),
     )
@@ -67,13 +86,27 @@ QUICK = replace(
     FULL,
     sizes=SplitSizes(train=640, eval=32, test=32),
     model=ModelSize(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=176),
-    sft={**FULL.sft, "learning_rate": 2e-3, "max_steps": 40, "per_device_train_batch_size": 16, "logging_steps": 10,
-         "eval_steps": 20},
-    preference={**FULL.preference, "learning_rate": 1e-4, "max_steps": 8, "per_device_train_batch_size": 8,
-                "logging_steps": 4, "eval_steps": 4},
+    sft={
+        **FULL.sft,
+        "learning_rate": 2e-3,
+        "max_steps": 40,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "eval_steps": 20,
+    },
+    preference={
+        **FULL.preference,
+        "learning_rate": 1e-4,
+        "max_steps": 8,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 4,
+        "eval_steps": 4,
+    },
     preference_pairs=64,
-    runs=tuple(replace(r, loss={**r.loss, "intermediate_layers": [2, 3]}) if "intermediate_layers" in r.loss else r
-               for r in FULL.runs),
+    runs=tuple(
+        replace(r, loss={**r.loss, "intermediate_layers": [2, 3]}) if "intermediate_layers" in r.loss else r
+        for r in FULL.runs
+    ),
     eval_pairs=32,
     test_problems=32,
     generation_batch=32,

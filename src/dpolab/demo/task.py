@@ -44,8 +44,16 @@ _MAX_REPEATS = 1000  # repeated prompts in a row before `make_splits` decides th
 TOKEN_PATTERN = r" ?(?:####|\d|[A-Za-z]+|\n|[^\s\dA-Za-z])"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 
-NAMES = (("Mia", "She", "her"), ("Tom", "He", "his"), ("Ana", "She", "her"), ("Sam", "He", "his"),
-         ("Lea", "She", "her"), ("Ben", "He", "his"), ("Zoe", "She", "her"), ("Max", "He", "his"))
+NAMES = (
+    ("Mia", "She", "her"),
+    ("Tom", "He", "his"),
+    ("Ana", "She", "her"),
+    ("Sam", "He", "his"),
+    ("Lea", "She", "her"),
+    ("Ben", "He", "his"),
+    ("Zoe", "She", "her"),
+    ("Max", "He", "his"),
+)
 ITEMS = ("apples", "coins", "books", "cards", "pens", "shells", "stamps", "marbles")
 
 # What the problem says for each operation; `{n}` is the operand, `{P}` the pronoun.

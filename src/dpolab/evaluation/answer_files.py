@@ -43,8 +43,13 @@ def _check_prompt(value: Any, source, row: int, name: str) -> Text:
         if not value.strip():
             raise DpolabError(f"{where(source, row, name)}: empty")
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
     ):
         return value
     if value is None:
@@ -75,7 +80,9 @@ def prompt_key(prompt: Text) -> str:
     """What two files must agree on for their rows to answer the same prompt: the text without
     surrounding whitespace (a single user message counts as its text)."""
     if isinstance(prompt, list) and not (len(prompt) == 1 and prompt[0].get("role") == "user"):
-        return json.dumps([{"role": m["role"], "content": m["content"].strip()} for m in prompt], ensure_ascii=False)
+        return json.dumps(
+            [{"role": m["role"], "content": m["content"].strip()} for m in prompt], ensure_ascii=False
+        )
     return prompt_text(prompt).strip()
 
 

@@ -39,7 +39,9 @@ def load_text(source: str | os.PathLike, *, field: str = "text") -> list[str]:
             raise DpolabError(f"{where(source, row.number)}: {row.error}")
         value = row.record.get(field)
         if not isinstance(value, str):
-            raise DpolabError(f"{where(source, row.number, field)}: {'missing' if value is None else 'not text'}")
+            raise DpolabError(
+                f"{where(source, row.number, field)}: {'missing' if value is None else 'not text'}"
+            )
         if value.strip():
             documents.append(value)
     if not documents:
@@ -64,13 +66,20 @@ def chunk(ids: Sequence[int], context: int) -> list[list[int]]:
     return [c for c in chunks if len(c) > 1]
 
 
-def token_loss(model, chunks: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 4) -> dict[str, float]:
+def token_loss(
+    model, chunks: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 4
+) -> dict[str, float]:
     """Mean token loss (nats) and perplexity of a model over chunks."""
     from dpolab.evaluation.scoring import continuation_logprobs
 
     requests = [(c[:1], c[1:]) for c in chunks]
-    logps = continuation_logprobs(model, requests, pad_token_id=pad_token_id, batch_size=batch_size,
-                                  max_length=max(len(c) for c in chunks))
+    logps = continuation_logprobs(
+        model,
+        requests,
+        pad_token_id=pad_token_id,
+        batch_size=batch_size,
+        max_length=max(len(c) for c in chunks),
+    )
     n = sum(len(c) - 1 for c in chunks)
     loss = -sum(logps) / n
     return {"loss": loss, "perplexity": math.exp(loss), "n_tokens": n}
@@ -80,17 +89,32 @@ def _same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
-def forgetting(model, reference, tokenizer, documents: Sequence[str], *, context: int | None = None,
-               max_tokens: int | None = None, batch_size: int = 4, reference_tokenizer=None,
-               names: tuple[str, str] = ("model", "reference"), text_source: str | None = None) -> dict[str, Any]:
+def forgetting(
+    model,
+    reference,
+    tokenizer,
+    documents: Sequence[str],
+    *,
+    context: int | None = None,
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+    reference_tokenizer=None,
+    names: tuple[str, str] = ("model", "reference"),
+    text_source: str | None = None,
+) -> dict[str, Any]:
     """Loss and perplexity of `model` and `reference` on the same chunks, and their differences
     (model − reference: positive means the model forgot). The result dict (kind `forgetting`)."""
     from dpolab.evaluation.scoring import model_max_length, pad_id_of
 
     if reference_tokenizer is not None and not _same_tokenizer(tokenizer, reference_tokenizer):
-        raise DpolabError("the model and the reference have different tokenizers, so their token losses do not compare")
-    limit = min(model_max_length(model, DEFAULT_MAX_CONTEXT), model_max_length(reference, DEFAULT_MAX_CONTEXT),
-                DEFAULT_MAX_CONTEXT)
+        raise DpolabError(
+            "the model and the reference have different tokenizers, so their token losses do not compare"
+        )
+    limit = min(
+        model_max_length(model, DEFAULT_MAX_CONTEXT),
+        model_max_length(reference, DEFAULT_MAX_CONTEXT),
+        DEFAULT_MAX_CONTEXT,
+    )
     context = context or limit
     if context < 2:
         raise DpolabError(f"context must be at least 2 tokens, not {context}")
@@ -104,23 +128,33 @@ def forgetting(model, reference, tokenizer, documents: Sequence[str], *, context
     ours = token_loss(model, chunks, pad_token_id=pad, batch_size=batch_size)
     theirs = token_loss(reference, chunks, pad_token_id=pad, batch_size=batch_size)
     result = result_header("forgetting")
-    result.update({
-        "text": text_source,
-        "n_documents": len(documents),
-        "n_tokens": ours["n_tokens"],
-        "context": context,
-        "model": {"name": names[0], "loss": ours["loss"], "perplexity": ours["perplexity"]},
-        "reference": {"name": names[1], "loss": theirs["loss"], "perplexity": theirs["perplexity"]},
-        "loss_difference": ours["loss"] - theirs["loss"],
-        "perplexity_ratio": ours["perplexity"] / theirs["perplexity"],
-    })
+    result.update(
+        {
+            "text": text_source,
+            "n_documents": len(documents),
+            "n_tokens": ours["n_tokens"],
+            "context": context,
+            "model": {"name": names[0], "loss": ours["loss"], "perplexity": ours["perplexity"]},
+            "reference": {"name": names[1], "loss": theirs["loss"], "perplexity": theirs["perplexity"]},
+            "loss_difference": ours["loss"] - theirs["loss"],
+            "perplexity_ratio": ours["perplexity"] / theirs["perplexity"],
+        }
+    )
     return result
 
 
 def forgetting_table(result: dict[str, Any]) -> str:
-    rows = [["model", result["model"]["name"], result["model"]["loss"], result["model"]["perplexity"]],
-            ["reference", result["reference"]["name"], result["reference"]["loss"], result["reference"]["perplexity"]],
-            ["difference", "model − reference", result["loss_difference"], None]]
+    rows = [
+        ["model", result["model"]["name"], result["model"]["loss"], result["model"]["perplexity"]],
+        [
+            "reference",
+            result["reference"]["name"],
+            result["reference"]["loss"],
+            result["reference"]["perplexity"],
+        ],
+        ["difference", "model − reference", result["loss_difference"], None],
+    ]
     return format_table(["", "name", "loss", "perplexity"], rows) + (
         f"\nperplexity ratio {result['perplexity_ratio']:.4f} over {result['n_tokens']} tokens "
-        f"(chunks of {result['context']})")
+        f"(chunks of {result['context']})"
+    )

@@ -119,7 +119,9 @@ def generate_from_ids(
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[Text], settings: GenerationSettings, *, seed: int) -> list[str]:
+def generate_batch(
+    model, tokenizer, prompts: Sequence[Text], settings: GenerationSettings, *, seed: int
+) -> list[str]:
     """One batch of completions of prompts (text or messages)."""
     rows = [prompt_ids(tokenizer, p, max_prompt_length=settings.max_prompt_length) for p in prompts]
     return generate_from_ids(model, tokenizer, rows, settings, seed=seed)
@@ -149,7 +151,9 @@ def _read_existing(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _check_resumable(path: Path, existing: list[dict[str, Any]], prompts: list[PromptRow], settings) -> set[int]:
+def _check_resumable(
+    path: Path, existing: list[dict[str, Any]], prompts: list[PromptRow], settings
+) -> set[int]:
     done = set()
     for number, record in enumerate(existing, start=1):
         index = record.get("index")
@@ -202,10 +206,19 @@ def generate_answers(
             todo = [p for p in prompts[start : start + n] if p.index not in done]
             if not todo:
                 continue
-            completions = generate_batch(model, tokenizer, [p.prompt for p in todo], settings, seed=settings.seed + start)
+            completions = generate_batch(
+                model, tokenizer, [p.prompt for p in todo], settings, seed=settings.seed + start
+            )
             for p, completion in zip(todo, completions):
-                record = {**p.extra, "index": p.index, "row": p.row, "prompt": p.prompt, "completion": completion,
-                          "model": model_name, "generation": settings.recorded()}
+                record = {
+                    **p.extra,
+                    "index": p.index,
+                    "row": p.row,
+                    "prompt": p.prompt,
+                    "completion": completion,
+                    "model": model_name,
+                    "generation": settings.recorded(),
+                }
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 existing.append(record)
             handle.flush()

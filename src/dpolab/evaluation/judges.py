@@ -115,7 +115,9 @@ class Judge:
     def judge(self, request: JudgeRequest) -> Judgement:
         raise NotImplementedError
 
-    def judge_many(self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]) -> None:
+    def judge_many(
+        self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]
+    ) -> None:
         for i, request in enumerate(requests):
             on_result(i, self.judge(request))
 
@@ -179,8 +181,13 @@ class RewardModelJudge(Judge):
 
         key = (prompt, answer)
         if key not in self._scores:
-            enc = self.tokenizer(self.render(prompt, answer), return_tensors="pt", truncation=True,
-                                 max_length=self.max_length, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+            enc = self.tokenizer(
+                self.render(prompt, answer),
+                return_tensors="pt",
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
+            )
             enc = {k: v.to(model_device(self.model)) for k, v in enc.items()}
             with torch.inference_mode():
                 self._scores[key] = float(self.model(**enc).logits[0, 0].float())
@@ -273,4 +280,6 @@ def build_judge(
         model, tokenizer = load_sequence_classifier(target, device=device, dtype=dtype)
         return RewardModelJudge(model, tokenizer, spec=spec, threshold=threshold)
     model, tokenizer = load_causal_lm(target, device=device, dtype=dtype)
-    return CausalLMJudge(model, tokenizer, spec=spec, template=load_judge_prompt(judge_prompt), threshold=threshold)
+    return CausalLMJudge(
+        model, tokenizer, spec=spec, template=load_judge_prompt(judge_prompt), threshold=threshold
+    )

@@ -94,14 +94,18 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str = "auto", device: str 
     return model.to(device).eval(), tokenizer
 
 
-def load_sequence_classifier(path: str | os.PathLike, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
+def load_sequence_classifier(
+    path: str | os.PathLike, *, dtype: str = "auto", device: str = "auto"
+) -> tuple[Any, Any]:
     """(reward model, tokenizer): an `AutoModelForSequenceClassification` with one output."""
     from transformers import AutoModelForSequenceClassification
 
     _check_exists(path)
     device = resolve_device(device)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=_torch_dtype(dtype, device))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=_torch_dtype(dtype, device)
+        )
     except Exception as err:
         raise _load_error("reward model", path, err) from None
     tokenizer = load_tokenizer(path)

@@ -83,7 +83,11 @@ class OpenAIJudge(Judge):
         text = body.decode("utf-8", errors="replace")
         try:
             data = json.loads(text)
-            message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("error")
+            message = (
+                data.get("error", {}).get("message")
+                if isinstance(data.get("error"), dict)
+                else data.get("error")
+            )
             text = str(message or text)
         except (ValueError, AttributeError):
             pass
@@ -99,8 +103,11 @@ class OpenAIJudge(Judge):
 
     def complete(self, content: str) -> str:
         """The reply text to one user message."""
-        payload: dict = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                         "temperature": self.temperature}
+        payload: dict = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+        }
         if self.max_tokens is not None:
             payload["max_tokens"] = self.max_tokens
         data = json.dumps(payload).encode("utf-8")
@@ -128,7 +135,11 @@ class OpenAIJudge(Judge):
                 retry_after = err.headers.get("Retry-After") if err.headers else None
             except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
                 reason = getattr(err, "reason", err)
-                last = f"{type(reason).__name__}: {self._scrub(str(reason))}" if str(reason) else type(reason).__name__
+                last = (
+                    f"{type(reason).__name__}: {self._scrub(str(reason))}"
+                    if str(reason)
+                    else type(reason).__name__
+                )
                 if isinstance(reason, TimeoutError) or "timed out" in str(reason):
                     last = f"no reply within {self.timeout:g} s"
             if attempt < self.max_retries:
@@ -154,7 +165,9 @@ class OpenAIJudge(Judge):
         reply = self.complete(render_judge_prompt(self.template, request))
         return Judgement(parse_verdict(reply), reply)
 
-    def judge_many(self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]) -> None:
+    def judge_many(
+        self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]
+    ) -> None:
         """Up to `concurrency` requests in flight; results handed over (in this thread) as they come.
         On a fatal error no new request is sent, those in flight are awaited and handed over, and
         the first error is raised."""

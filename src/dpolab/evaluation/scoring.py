@@ -79,7 +79,10 @@ def continuation_logprobs(
             targets.num_segments = len(targets.tokens)
         batch = to_device(batch, device)
         targets.positions, targets.tokens, targets.segments = (
-            targets.positions.to(device), targets.tokens.to(device), targets.segments.to(device))
+            targets.positions.to(device),
+            targets.tokens.to(device),
+            targets.segments.to(device),
+        )
         logps = layer_logprobs(model, batch, None, targets=targets).logps[0].float().cpu()
         if per_token:
             lengths = [len(e["completion_ids"]) for e in examples]

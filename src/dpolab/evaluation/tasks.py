@@ -70,15 +70,21 @@ def _text(record: Mapping[str, Any], key: str) -> str:
 
 def arc_doc(record: Mapping[str, Any], row: int) -> ChoiceDoc:
     choices = record.get("choices")
-    if not isinstance(choices, Mapping) or not isinstance(choices.get("text"), list) or not isinstance(
-        choices.get("label"), list
+    if (
+        not isinstance(choices, Mapping)
+        or not isinstance(choices.get("text"), list)
+        or not isinstance(choices.get("label"), list)
     ):
         raise _Bad("choices", "expected {'text': [...], 'label': [...]}")
     key = record.get("answerKey")
     if key not in choices["label"]:
         raise _Bad("answerKey", f"{key!r} is not one of the labels {choices['label']}")
-    return ChoiceDoc(row, f"Question: {_text(record, 'question')}\nAnswer:", [str(t) for t in choices["text"]],
-                     choices["label"].index(key))
+    return ChoiceDoc(
+        row,
+        f"Question: {_text(record, 'question')}\nAnswer:",
+        [str(t) for t in choices["text"]],
+        choices["label"].index(key),
+    )
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -102,7 +108,9 @@ def hellaswag_doc(record: Mapping[str, Any], row: int) -> ChoiceDoc:
     try:
         gold = int(record.get("label"))
     except (TypeError, ValueError):
-        raise _Bad("label", f"expected the index of the right ending, found {record.get('label')!r}") from None
+        raise _Bad(
+            "label", f"expected the index of the right ending, found {record.get('label')!r}"
+        ) from None
     if not 0 <= gold < len(endings):
         raise _Bad("label", f"{gold} is outside 0..{len(endings) - 1}")
     return ChoiceDoc(row, query, [hellaswag_preprocess(str(e)) for e in endings], gold)
@@ -135,8 +143,9 @@ def load_task(task: str, source, *, limit: int | None = None) -> list:
         try:
             docs.append(TASKS[task](row.record, row.number))
         except _Bad as bad:
-            raise DpolabError(f"{where(source, row.number, bad.field)}: {bad.reason} (expected the {task} schema)") \
-                from None
+            raise DpolabError(
+                f"{where(source, row.number, bad.field)}: {bad.reason} (expected the {task} schema)"
+            ) from None
     if not docs:
         raise DpolabError(f"{source}: no {task} documents")
     return docs
@@ -151,13 +160,19 @@ def _encode(tokenizer, text: str, add_bos_token: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_bos_token)["input_ids"])
 
 
-def encode_pair(tokenizer, context: str, continuation: str, *, add_bos_token: bool = False) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, context: str, continuation: str, *, add_bos_token: bool = False
+) -> tuple[list[int], list[int]]:
     """(context_ids, continuation_ids) as lm-eval's HFLM encodes them."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     if not context:
-        prefix = tokenizer.bos_token_id if add_bos_token and tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        prefix = (
+            tokenizer.bos_token_id
+            if add_bos_token and tokenizer.bos_token_id is not None
+            else tokenizer.eos_token_id
+        )
         return [prefix], _encode(tokenizer, continuation, False)
     whole = _encode(tokenizer, context + continuation, add_bos_token)
     context_ids = _encode(tokenizer, context, add_bos_token)
@@ -169,7 +184,12 @@ def choice_metrics(lls: Sequence[float], choices: Sequence[str], gold: int) -> d
     pred = max(range(len(lls)), key=lambda i: (lls[i], -i))  # argmax, first on ties (numpy's)
     normed = [ll / max(1, len(c)) for ll, c in zip(lls, choices)]
     pred_norm = max(range(len(normed)), key=lambda i: (normed[i], -i))
-    return {"pred": pred, "pred_norm": pred_norm, "acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}
+    return {
+        "pred": pred,
+        "pred_norm": pred_norm,
+        "acc": float(pred == gold),
+        "acc_norm": float(pred_norm == gold),
+    }
 
 
 def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
@@ -182,16 +202,19 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(var / n)
 
 
-def evaluate_choices(model, tokenizer, docs: Sequence[ChoiceDoc], *, batch_size: int = 8,
-                     add_bos_token: bool = False) -> dict[str, Any]:
+def evaluate_choices(
+    model, tokenizer, docs: Sequence[ChoiceDoc], *, batch_size: int = 8, add_bos_token: bool = False
+) -> dict[str, Any]:
     """acc and acc_norm (with standard errors) over multiple-choice documents."""
     from dpolab.evaluation.scoring import continuation_logprobs, pad_id_of
 
     requests, spans = [], []
     for doc in docs:
         start = len(requests)
-        requests.extend(encode_pair(tokenizer, doc.context, TARGET_DELIMITER + c, add_bos_token=add_bos_token)
-                        for c in doc.choices)
+        requests.extend(
+            encode_pair(tokenizer, doc.context, TARGET_DELIMITER + c, add_bos_token=add_bos_token)
+            for c in doc.choices
+        )
         spans.append((start, len(requests)))
     lls = continuation_logprobs(model, requests, pad_token_id=pad_id_of(tokenizer), batch_size=batch_size)
     samples = []
@@ -200,8 +223,14 @@ def evaluate_choices(model, tokenizer, docs: Sequence[ChoiceDoc], *, batch_size:
         samples.append({"row": doc.row, "gold": doc.gold, "loglikelihoods": lls[start:end], **metrics})
     acc, acc_se = mean_stderr([s["acc"] for s in samples])
     acc_norm, acc_norm_se = mean_stderr([s["acc_norm"] for s in samples])
-    return {"n": len(docs), "acc": acc, "acc_stderr": acc_se, "acc_norm": acc_norm, "acc_norm_stderr": acc_norm_se,
-            "samples": samples}
+    return {
+        "n": len(docs),
+        "acc": acc,
+        "acc_stderr": acc_se,
+        "acc_norm": acc_norm,
+        "acc_norm_stderr": acc_norm_se,
+        "samples": samples,
+    }
 
 
 def cut_at_stop(text: str, stops: Sequence[str] = GSM8K_STOP) -> str:
@@ -211,12 +240,23 @@ def cut_at_stop(text: str, stops: Sequence[str] = GSM8K_STOP) -> str:
 
 def gsm8k_metrics(output: str, reference: str) -> dict[str, Any]:
     strict, flexible = extract_final_answer(output), extract_last_number(output)
-    return {"strict": strict, "flexible": flexible, "exact_match": float(answers_match(strict, reference)),
-            "exact_match_flexible": float(answers_match(flexible, reference))}
+    return {
+        "strict": strict,
+        "flexible": flexible,
+        "exact_match": float(answers_match(strict, reference)),
+        "exact_match_flexible": float(answers_match(flexible, reference)),
+    }
 
 
-def evaluate_generation(model, tokenizer, docs: Sequence[GenerationDoc], *, batch_size: int = 8,
-                        max_new_tokens: int = 256, add_bos_token: bool = False) -> dict[str, Any]:
+def evaluate_generation(
+    model,
+    tokenizer,
+    docs: Sequence[GenerationDoc],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    add_bos_token: bool = False,
+) -> dict[str, Any]:
     """Greedy generation and exact match (strict `#### N` and flexible last number)."""
     from dpolab.evaluation.generate import GenerationSettings, generate_from_ids
 
@@ -227,12 +267,24 @@ def evaluate_generation(model, tokenizer, docs: Sequence[GenerationDoc], *, batc
         rows = [_encode(tokenizer, d.prompt, add_bos_token) for d in chunk]
         for doc, text in zip(chunk, generate_from_ids(model, tokenizer, rows, settings, seed=0)):
             output = cut_at_stop(text)
-            samples.append({"row": doc.row, "reference": doc.reference, "output": output,
-                            **gsm8k_metrics(output, doc.reference)})
+            samples.append(
+                {
+                    "row": doc.row,
+                    "reference": doc.reference,
+                    "output": output,
+                    **gsm8k_metrics(output, doc.reference),
+                }
+            )
     em, em_se = mean_stderr([s["exact_match"] for s in samples])
     flex, flex_se = mean_stderr([s["exact_match_flexible"] for s in samples])
-    return {"n": len(docs), "exact_match": em, "exact_match_stderr": em_se, "exact_match_flexible": flex,
-            "exact_match_flexible_stderr": flex_se, "samples": samples}
+    return {
+        "n": len(docs),
+        "exact_match": em,
+        "exact_match_stderr": em_se,
+        "exact_match_flexible": flex,
+        "exact_match_flexible_stderr": flex_se,
+        "samples": samples,
+    }
 
 
 DEFINITIONS = {
@@ -243,32 +295,65 @@ DEFINITIONS = {
 }
 
 
-def evaluate_tasks(model, tokenizer, tasks: Sequence[str], data: Mapping[str, str], *, limit: int | None = None,
-                   batch_size: int = 8, max_new_tokens: int = 256, add_bos_token: bool = False,
-                   model_name: str | None = None) -> dict[str, Any]:
+def evaluate_tasks(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    data: Mapping[str, str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    add_bos_token: bool = False,
+    model_name: str | None = None,
+) -> dict[str, Any]:
     """Every task on its local file (`data[task]`); the result dict (kind `tasks`)."""
     for task in tasks:
         if task not in TASKS:
             raise DpolabError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
         if task not in data:
-            raise DpolabError(f"no data for task {task!r}; give --data {task}=FILE (a local file in its schema)")
+            raise DpolabError(
+                f"no data for task {task!r}; give --data {task}=FILE (a local file in its schema)"
+            )
     results = {}
     for task in tasks:
         docs = load_task(task, data[task], limit=limit)
         if task == "gsm8k":
-            metrics = evaluate_generation(model, tokenizer, docs, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, add_bos_token=add_bos_token)
+            metrics = evaluate_generation(
+                model,
+                tokenizer,
+                docs,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                add_bos_token=add_bos_token,
+            )
         else:
-            metrics = evaluate_choices(model, tokenizer, docs, batch_size=batch_size, add_bos_token=add_bos_token)
+            metrics = evaluate_choices(
+                model, tokenizer, docs, batch_size=batch_size, add_bos_token=add_bos_token
+            )
         results[task] = {"data": str(data[task]), **metrics}
     result = result_header("tasks")
-    result.update({"model": model_name, "backend": "dpolab", "num_fewshot": 0, "add_bos_token": add_bos_token,
-                   "definitions": DEFINITIONS, "tasks": results})
+    result.update(
+        {
+            "model": model_name,
+            "backend": "dpolab",
+            "num_fewshot": 0,
+            "add_bos_token": add_bos_token,
+            "definitions": DEFINITIONS,
+            "tasks": results,
+        }
+    )
     return result
 
 
-def run_harness(model_path: str, tasks: Sequence[str], *, limit: int | None = None, batch_size: int = 8,
-                device: str = "auto") -> dict[str, Any]:
+def run_harness(
+    model_path: str,
+    tasks: Sequence[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> dict[str, Any]:
     """The tasks through lm-evaluation-harness (`lm_eval.simple_evaluate`) when it is installed;
     task names are lm-eval's (e.g. arc_challenge, hellaswag, gsm8k) and it fetches its own data."""
     if importlib.util.find_spec("lm_eval") is None:
@@ -280,8 +365,14 @@ def run_harness(model_path: str, tasks: Sequence[str], *, limit: int | None = No
 
     from dpolab.evaluation.loading import resolve_device
 
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_path}", tasks=list(tasks),
-                                  limit=limit, batch_size=batch_size, device=resolve_device(device))
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_path}",
+        tasks=list(tasks),
+        limit=limit,
+        batch_size=batch_size,
+        device=resolve_device(device),
+    )
     result = result_header("tasks")
     tasks_out = {}
     for name, metrics in (out or {}).get("results", {}).items():

@@ -56,7 +56,9 @@ def pair_scores(outcomes: Sequence[str]) -> np.ndarray:
     return np.array([value[o] for o in outcomes if o in value], dtype=np.float64)
 
 
-def bootstrap_ci(scores: np.ndarray, *, samples: int = 1000, seed: int = 0, ties: bool = True) -> list[float] | None:
+def bootstrap_ci(
+    scores: np.ndarray, *, samples: int = 1000, seed: int = 0, ties: bool = True
+) -> list[float] | None:
     """Percentile-bootstrap 95 % interval of the win rate over pairs.
 
     Args:
@@ -115,7 +117,9 @@ def winrate_stats(outcomes: Sequence[str], *, samples: int = 1000, seed: int = 0
 def judgement_key(judge_id: str, request: JudgeRequest) -> str:
     """Identifies one judgement: the judge (model, prompt, settings), the prompt, both answers in
     their order, and the reference answer."""
-    text = json.dumps([judge_id, request.prompt, request.first, request.second, request.reference], ensure_ascii=False)
+    text = json.dumps(
+        [judge_id, request.prompt, request.first, request.second, request.reference], ensure_ascii=False
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -141,17 +145,26 @@ class JudgementCache:
                 entry = json.loads(line)
                 self.entries[entry["key"]] = entry
             except (ValueError, KeyError, TypeError):
-                raise DpolabError(f"{where(self.path, number)}: not a judgement; delete the line or the file") from None
+                raise DpolabError(
+                    f"{where(self.path, number)}: not a judgement; delete the line or the file"
+                ) from None
 
     def get(self, key: str) -> Judgement | None:
         entry = self.entries.get(key)
         return None if entry is None else Judgement(entry["verdict"], entry.get("raw", ""))
 
     def put(self, key: str, judge_id: str, request: JudgeRequest, judgement: Judgement) -> None:
-        entry = {"key": key, "judge": judge_id, "prompt": request.prompt, "first": request.first,
-                 "second": request.second, "reference": request.reference, "verdict": judgement.verdict,
-                 "raw": judgement.raw,
-                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        entry = {
+            "key": key,
+            "judge": judge_id,
+            "prompt": request.prompt,
+            "first": request.first,
+            "second": request.second,
+            "reference": request.reference,
+            "verdict": judgement.verdict,
+            "raw": judgement.raw,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -240,29 +253,46 @@ def winrate(
         ab, ba = verdicts[2 * p], verdicts[2 * p + 1]
         outcome = combine_orders(ab.verdict, ba.verdict)
         outcomes.append(outcome)
-        pairs.append({"index": p, "row_a": x.row, "row_b": y.row, "outcome": outcome,
-                      "a_first": ab.verdict, "b_first": ba.verdict})
+        pairs.append(
+            {
+                "index": p,
+                "row_a": x.row,
+                "row_b": y.row,
+                "outcome": outcome,
+                "a_first": ab.verdict,
+                "b_first": ba.verdict,
+            }
+        )
     result = result_header("winrate")
-    result.update({
-        "a": {"name": names[0], "path": str(sources[0])},
-        "b": {"name": names[1], "path": str(sources[1])},
-        "judge": judge.spec,
-        "judge_id": judge.cache_id,
-        "rule": "both orders; win/loss only when they agree, else tie; unparsed pairs excluded",
-        **winrate_stats(outcomes, samples=samples, seed=seed),
-        "judgements": {"total": len(requests), "from_cache": cached, "new": len(todo)},
-        "cache": str(cache.path) if cache is not None else None,
-        "pairs": pairs,
-    })
+    result.update(
+        {
+            "a": {"name": names[0], "path": str(sources[0])},
+            "b": {"name": names[1], "path": str(sources[1])},
+            "judge": judge.spec,
+            "judge_id": judge.cache_id,
+            "rule": "both orders; win/loss only when they agree, else tie; unparsed pairs excluded",
+            **winrate_stats(outcomes, samples=samples, seed=seed),
+            "judgements": {"total": len(requests), "from_cache": cached, "new": len(todo)},
+            "cache": str(cache.path) if cache is not None else None,
+            "pairs": pairs,
+        }
+    )
     return result
 
 
 def winrate_table(result: dict[str, Any]) -> str:
     """The result as a text table, counted for A against B."""
     ci = result.get("ci95")
-    row = [f"{result['a']['name']} vs {result['b']['name']}", result["wins"], result["losses"], result["ties"],
-           result["unparsed"], result["win_rate"],
-           f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", result["win_rate_no_ties"]]
+    row = [
+        f"{result['a']['name']} vs {result['b']['name']}",
+        result["wins"],
+        result["losses"],
+        result["ties"],
+        result["unparsed"],
+        result["win_rate"],
+        f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+        result["win_rate_no_ties"],
+    ]
     headers = ["pair", "wins", "losses", "ties", "unparsed", "win rate", "95% CI", "win rate (no ties)"]
     return format_table(headers, [row], digits=3) + f"\njudge: {result['judge']}"
 

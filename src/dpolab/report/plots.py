@@ -13,8 +13,15 @@ from dpolab.report.runs import Run, peak
 SPLIT_STYLE = {"eval": "-", "train": ":"}
 
 
-def plot_curves(runs: Sequence[Run], key: str, path: str | os.PathLike, *, splits=("eval", "train"),
-                mark_peak: bool = False, title: str | None = None) -> Path | None:
+def plot_curves(
+    runs: Sequence[Run],
+    key: str,
+    path: str | os.PathLike,
+    *,
+    splits=("eval", "train"),
+    mark_peak: bool = False,
+    title: str | None = None,
+) -> Path | None:
     """One metric over steps, a line per run and split; with `mark_peak`, a star on each run's
     highest eval value. None when no run logged the metric."""
     fig, ax = new_figure()
@@ -26,13 +33,24 @@ def plot_curves(runs: Sequence[Run], key: str, path: str | os.PathLike, *, split
             if not steps:
                 continue
             drawn = True
-            ax.plot(steps, values, SPLIT_STYLE.get(split, "-"), color=color, marker="." if split == "eval" else None,
-                    label=f"{run.name} ({split})")
+            ax.plot(
+                steps,
+                values,
+                SPLIT_STYLE.get(split, "-"),
+                color=color,
+                marker="." if split == "eval" else None,
+                label=f"{run.name} ({split})",
+            )
             if mark_peak and split == "eval":
                 step, value = peak(steps, values)
                 ax.plot([step], [value], marker="*", markersize=14, color=color, markeredgecolor="black")
-                ax.annotate(f"peak {value:.3f} @ {step:g}", (step, value), textcoords="offset points",
-                            xytext=(6, 6), fontsize=8)
+                ax.annotate(
+                    f"peak {value:.3f} @ {step:g}",
+                    (step, value),
+                    textcoords="offset points",
+                    xytext=(6, 6),
+                    fontsize=8,
+                )
     if not drawn:
         return None
     ax.set_xlabel("step")
@@ -67,15 +85,24 @@ def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.Pat
     fig, ax = new_figure(7.5, max(2.0, 0.5 * len(rows) + 1.2))
     y = [len(rows) - 1 - i for i in range(len(rows))]  # the first result on top
     left = [0.0] * len(rows)
-    for key, name, color in (("win_fraction", "win", "#4c9a2a"), ("tie_fraction", "tie", "#bbbbbb"),
-                             ("loss_fraction", "loss", "#c0392b")):
+    for key, name, color in (
+        ("win_fraction", "win", "#4c9a2a"),
+        ("tie_fraction", "tie", "#bbbbbb"),
+        ("loss_fraction", "loss", "#c0392b"),
+    ):
         widths = [r.get(key) or 0.0 for _, r in rows]
         ax.barh(y, widths, left=left, color=color, label=name)
         left = [a + b for a, b in zip(left, widths)]
     for pos, (_, r) in zip(y, rows):
         if r.get("win_rate") is not None:
-            ax.annotate(f"win rate {r['win_rate']:.3f}", (1.0, pos), xytext=(4, 0), textcoords="offset points",
-                        va="center", fontsize=8)
+            ax.annotate(
+                f"win rate {r['win_rate']:.3f}",
+                (1.0, pos),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
     ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
     ax.set_xlim(0, 1.35)
     ax.set_xlabel("fraction of judged pairs")

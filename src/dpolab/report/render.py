@@ -103,21 +103,44 @@ def _summary_blocks(runs: Sequence[Run]) -> list[Block]:
         eval_loss = run.series("loss", "eval")[1]
         method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
         layers = config_value(run.config, "loss.intermediate_layers")
-        rows.append([run.name, method, config_value(run.config, "loss.beta", "beta"),
-                     ",".join(map(str, layers)) if layers else "-", max(all_steps) if all_steps else None,
-                     f"{best[1]:.4f} @ step {best[0]:g}" if best else "-",
-                     eval_loss[-1] if eval_loss else None, len(run.results)])
-    blocks: list[Block] = [Heading(2, "Runs"), Table(
-        ["run", "method", "β", "intermediate layers", "steps", "peak eval rewards/accuracies", "final eval loss",
-         "results"], rows)]
+        rows.append(
+            [
+                run.name,
+                method,
+                config_value(run.config, "loss.beta", "beta"),
+                ",".join(map(str, layers)) if layers else "-",
+                max(all_steps) if all_steps else None,
+                f"{best[1]:.4f} @ step {best[0]:g}" if best else "-",
+                eval_loss[-1] if eval_loss else None,
+                len(run.results),
+            ]
+        )
+    blocks: list[Block] = [
+        Heading(2, "Runs"),
+        Table(
+            [
+                "run",
+                "method",
+                "β",
+                "intermediate layers",
+                "steps",
+                "peak eval rewards/accuracies",
+                "final eval loss",
+                "results",
+            ],
+            rows,
+        ),
+    ]
     keys: list[str] = []
     for run in runs:
         for k, v in (run.summary or {}).items():
             if isinstance(v, int | float | str) and k not in keys:
                 keys.append(k)
     if keys:
-        blocks += [Para("Final figures (summary.json):"),
-                   Table(["run", *keys], [[run.name, *((run.summary or {}).get(k) for k in keys)] for run in runs])]
+        blocks += [
+            Para("Final figures (summary.json):"),
+            Table(["run", *keys], [[run.name, *((run.summary or {}).get(k) for k in keys)] for run in runs]),
+        ]
     return blocks
 
 
@@ -132,8 +155,11 @@ def _training_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
         for metric in ("rewards/accuracies", "loss"):
             if metric in layer_metrics:
                 path = plots.path(f"{run.name}-layers-{metric}")
-                plots.add(plot_layer_curves(run, metric, layer_metrics[metric], path),
-                          f"{run.name}: {metric} of each intermediate layer (layers/<k>/{metric})", blocks)
+                plots.add(
+                    plot_layer_curves(run, metric, layer_metrics[metric], path),
+                    f"{run.name}: {metric} of each intermediate layer (layers/<k>/{metric})",
+                    blocks,
+                )
     if len(blocks) == before:
         blocks.append(Para("No run has training metrics (metrics.jsonl)."))
     return blocks
@@ -145,17 +171,49 @@ def _winrate_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
         for path, r in run.results_of("winrate"):
             ci = r.get("ci95")
             a, b = r.get("a", {}).get("name", "A"), r.get("b", {}).get("name", "B")
-            rows.append([run.name, _rel(run, path), a, b, r.get("judge"), r.get("wins"), r.get("losses"),
-                         r.get("ties"), r.get("unparsed"), r.get("win_rate"),
-                         f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", r.get("win_rate_no_ties")])
+            rows.append(
+                [
+                    run.name,
+                    _rel(run, path),
+                    a,
+                    b,
+                    r.get("judge"),
+                    r.get("wins"),
+                    r.get("losses"),
+                    r.get("ties"),
+                    r.get("unparsed"),
+                    r.get("win_rate"),
+                    f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                    r.get("win_rate_no_ties"),
+                ]
+            )
             bars.append((f"{run.name}: {a} vs {b}\n({r.get('judge')})", r))
     if not rows:
         return []
-    blocks: list[Block] = [Heading(3, "Win rates"), Para(
-        "Counted for A against B; each pair judged in both orders, a win or loss only when both agree "
-        "(else a tie); win rate counts ties as half."),
-        Table(["run", "file", "A", "B", "judge", "wins", "losses", "ties", "unparsed", "win rate", "95% CI",
-               "win rate (no ties)"], rows)]
+    blocks: list[Block] = [
+        Heading(3, "Win rates"),
+        Para(
+            "Counted for A against B; each pair judged in both orders, a win or loss only when both agree "
+            "(else a tie); win rate counts ties as half."
+        ),
+        Table(
+            [
+                "run",
+                "file",
+                "A",
+                "B",
+                "judge",
+                "wins",
+                "losses",
+                "ties",
+                "unparsed",
+                "win rate",
+                "95% CI",
+                "win rate (no ties)",
+            ],
+            rows,
+        ),
+    ]
     plots.add(plot_winrates(bars, plots.path("winrates")), "Win / tie / loss fractions", blocks)
     return blocks
 
@@ -165,27 +223,67 @@ def _tasks_blocks(runs: Sequence[Run]) -> list[Block]:
     for run in runs:
         for path, r in run.results_of("tasks"):
             for task, m in r.get("tasks", {}).items():
-                rows.append([run.name, _rel(run, path), r.get("model"), task, m.get("acc"), m.get("acc_norm"),
-                             m.get("exact_match"), m.get("exact_match_flexible"), m.get("n")])
+                rows.append(
+                    [
+                        run.name,
+                        _rel(run, path),
+                        r.get("model"),
+                        task,
+                        m.get("acc"),
+                        m.get("acc_norm"),
+                        m.get("exact_match"),
+                        m.get("exact_match_flexible"),
+                        m.get("n"),
+                    ]
+                )
     if not rows:
         return []
-    return [Heading(3, "Downstream tasks"),
-            Table(["run", "file", "model", "task", "acc", "acc_norm", "exact_match", "exact_match (flexible)", "n"],
-                  rows)]
+    return [
+        Heading(3, "Downstream tasks"),
+        Table(
+            ["run", "file", "model", "task", "acc", "acc_norm", "exact_match", "exact_match (flexible)", "n"],
+            rows,
+        ),
+    ]
 
 
 def _forgetting_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
     rows, bars = [], []
     for run in runs:
         for path, r in run.results_of("forgetting"):
-            rows.append([run.name, _rel(run, path), r["model"]["name"], r["model"]["loss"], r["reference"]["name"],
-                         r["reference"]["loss"], r.get("loss_difference"), r.get("perplexity_ratio"), r.get("n_tokens")])
+            rows.append(
+                [
+                    run.name,
+                    _rel(run, path),
+                    r["model"]["name"],
+                    r["model"]["loss"],
+                    r["reference"]["name"],
+                    r["reference"]["loss"],
+                    r.get("loss_difference"),
+                    r.get("perplexity_ratio"),
+                    r.get("n_tokens"),
+                ]
+            )
             bars.append((f"{run.name}\n{Path(str(r['model']['name'])).name}", r))
     if not rows:
         return []
-    blocks: list[Block] = [Heading(3, "Forgetting"), Table(
-        ["run", "file", "model", "loss", "reference", "reference loss", "difference", "perplexity ratio", "tokens"],
-        rows)]
+    blocks: list[Block] = [
+        Heading(3, "Forgetting"),
+        Table(
+            [
+                "run",
+                "file",
+                "model",
+                "loss",
+                "reference",
+                "reference loss",
+                "difference",
+                "perplexity ratio",
+                "tokens",
+            ],
+            rows,
+        ),
+    ]
     plots.add(plot_forgetting(bars, plots.path("forgetting")), "Mean token loss on held-out text", blocks)
     return blocks
 
@@ -199,11 +297,18 @@ def _layers_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
                 values = m["dpo_likelihood"]
                 best = max(range(len(values)), key=lambda i: values[i])
                 rows.append([name, values[-1], f"{values[best]:.4f} @ layer {r['layers'][best]}"])
-            blocks += [Para(f"{run.name} — {_rel(run, path)}: β = {r['beta']}, {r['n_pairs']} pairs, reference "
-                            f"{r.get('reference')}"),
-                       Table(["model", f"layer {r['layers'][-1]}", "highest"], rows)]
-            plots.add(plot_layers(r, plots.path(f"{run.name}-layers")), f"{run.name}: DPO likelihood per layer",
-                      blocks)
+            blocks += [
+                Para(
+                    f"{run.name} — {_rel(run, path)}: β = {r['beta']}, {r['n_pairs']} pairs, reference "
+                    f"{r.get('reference')}"
+                ),
+                Table(["model", f"layer {r['layers'][-1]}", "highest"], rows),
+            ]
+            plots.add(
+                plot_layers(r, plots.path(f"{run.name}-layers")),
+                f"{run.name}: DPO likelihood per layer",
+                blocks,
+            )
     return [Heading(3, "Layer-wise DPO likelihood"), *blocks] if blocks else []
 
 
@@ -211,26 +316,52 @@ def _tokens_blocks(runs: Sequence[Run], plots: _Plots) -> list[Block]:
     blocks: list[Block] = []
     for run in runs:
         for path, r in run.results_of("tokens"):
-            rows = [[name, s["chosen_before_m"]["mean"], s["chosen_from_m"]["mean"], s["rejected_from_m"]["mean"]]
-                    for name, s in r["models"].items()]
-            blocks += [Para(f"{run.name} — {_rel(run, path)}: {r['n_pairs']} pairs, first differing token m at "
-                            f"{r['m']['mean']:.1f} on average"),
-                       Table(["model", "chosen before m", "chosen from m", "rejected from m"], rows)]
-            plots.add(plot_tokens(r, plots.path(f"{run.name}-tokens")), f"{run.name}: per-token log-probs around m",
-                      blocks)
+            rows = [
+                [name, s["chosen_before_m"]["mean"], s["chosen_from_m"]["mean"], s["rejected_from_m"]["mean"]]
+                for name, s in r["models"].items()
+            ]
+            blocks += [
+                Para(
+                    f"{run.name} — {_rel(run, path)}: {r['n_pairs']} pairs, first differing token m at "
+                    f"{r['m']['mean']:.1f} on average"
+                ),
+                Table(["model", "chosen before m", "chosen from m", "rejected from m"], rows),
+            ]
+            plots.add(
+                plot_tokens(r, plots.path(f"{run.name}-tokens")),
+                f"{run.name}: per-token log-probs around m",
+                blocks,
+            )
     return [Heading(3, "Token-level log-probs"), *blocks] if blocks else []
 
 
 def build_blocks(runs: Sequence[Run], plot_dir: Path, title: str) -> tuple[list[Block], list[Path]]:
     plots = _Plots(plot_dir)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    blocks: list[Block] = [Heading(1, title), Para(f"{len(runs)} run(s); generated {created} by dpolab {__version__}.")]
+    blocks: list[Block] = [
+        Heading(1, title),
+        Para(f"{len(runs)} run(s); generated {created} by dpolab {__version__}."),
+    ]
     blocks += _summary_blocks(runs)
     blocks += _training_blocks(runs, plots)
-    evaluation = (_winrate_blocks(runs, plots) + _tasks_blocks(runs) + _forgetting_blocks(runs, plots)
-                  + _layers_blocks(runs, plots) + _tokens_blocks(runs, plots))
-    blocks += [Heading(2, "Evaluation"), *(evaluation or [Para(
-        "No evaluation results found (write them into the run directory, e.g. RUN_DIR/eval/*.json).")])]
+    evaluation = (
+        _winrate_blocks(runs, plots)
+        + _tasks_blocks(runs)
+        + _forgetting_blocks(runs, plots)
+        + _layers_blocks(runs, plots)
+        + _tokens_blocks(runs, plots)
+    )
+    blocks += [
+        Heading(2, "Evaluation"),
+        *(
+            evaluation
+            or [
+                Para(
+                    "No evaluation results found (write them into the run directory, e.g. RUN_DIR/eval/*.json)."
+                )
+            ]
+        ),
+    ]
     for run in runs:
         if run.config:
             import yaml
@@ -257,8 +388,10 @@ def _cell(value: Any) -> str:
 
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
-    out = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{CSS}</style></head><body>"]
+    out = [
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>"
+    ]
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
@@ -267,17 +400,27 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
         elif isinstance(b, Table):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
             body = "".join(
-                "<tr>" + "".join(
-                    f"<td class='num'>{_cell(v)}</td>" if isinstance(v, int | float) else f"<td>{html.escape(_cell(v))}</td>"
-                    for v in row) + "</tr>"
-                for row in b.rows)
+                "<tr>"
+                + "".join(
+                    f"<td class='num'>{_cell(v)}</td>"
+                    if isinstance(v, int | float)
+                    else f"<td>{html.escape(_cell(v))}</td>"
+                    for v in row
+                )
+                + "</tr>"
+                for row in b.rows
+            )
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(b, Image):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(b.caption, quote=True)}'>"
-                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+            out.append(
+                f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(b.caption, quote=True)}'>"
+                f"<figcaption>{html.escape(b.caption)}</figcaption></figure>"
+            )
         elif isinstance(b, Code):
-            out.append(f"<details><summary>{html.escape(b.summary)}</summary><pre>{html.escape(b.text)}</pre></details>")
+            out.append(
+                f"<details><summary>{html.escape(b.summary)}</summary><pre>{html.escape(b.text)}</pre></details>"
+            )
     out.append("</body></html>\n")
     return "\n".join(out)
 
@@ -295,9 +438,17 @@ def to_markdown(blocks: Sequence[Block], base: Path) -> str:
             out.append(f"{b.text}\n")
         elif isinstance(b, Table):
             out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
-            out.append("|" + "|".join("---:" if all(isinstance(r[i], int | float) for r in b.rows if r[i] is not None)
-                                      and any(r[i] is not None for r in b.rows) else "---"
-                                      for i in range(len(b.headers))) + "|")
+            out.append(
+                "|"
+                + "|".join(
+                    "---:"
+                    if all(isinstance(r[i], int | float) for r in b.rows if r[i] is not None)
+                    and any(r[i] is not None for r in b.rows)
+                    else "---"
+                    for i in range(len(b.headers))
+                )
+                + "|"
+            )
             out.extend("| " + " | ".join(_md_cell(v) for v in row) + " |" for row in b.rows)
             out.append("")
         elif isinstance(b, Image):
@@ -307,8 +458,9 @@ def to_markdown(blocks: Sequence[Block], base: Path) -> str:
     return "\n".join(out)
 
 
-def render_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                  title: str = "dpolab report") -> ReportFiles:
+def render_report(
+    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str = "dpolab report"
+) -> ReportFiles:
     """Write `out` (HTML, self-contained), its Markdown twin (`out` with .md) and the plots as PNG
     files in `<out stem>_plots/` beside them."""
     out = Path(out)
@@ -322,7 +474,11 @@ def render_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     return ReportFiles(out, markdown, plots)
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.html", *,
-                 title: str = "dpolab report") -> Path:
+def write_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike = "report.html",
+    *,
+    title: str = "dpolab report",
+) -> Path:
     """`render_report`, returning the HTML file's path (what `dpolab sweep` calls)."""
     return render_report(run_dirs, out, title=title).html

@@ -19,9 +19,20 @@ from dpolab.errors import DpolabError
 from dpolab.evaluation.results import KINDS
 
 # Files of a Hugging Face model or trainer directory that are never evaluation results.
-_NOT_RESULTS = {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                "special_tokens_map.json", "adapter_config.json", "trainer_state.json", "summary.json",
-                "model.safetensors.index.json", "added_tokens.json", "vocab.json", "preprocessor_config.json"}
+_NOT_RESULTS = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "adapter_config.json",
+    "trainer_state.json",
+    "summary.json",
+    "model.safetensors.index.json",
+    "added_tokens.json",
+    "vocab.json",
+    "preprocessor_config.json",
+}
 MAX_RESULT_BYTES = 50 * 2**20
 LAYER_KEY = re.compile(r"^layers/(\d+)/(.+)$")
 
@@ -40,7 +51,8 @@ class Run:
         """(steps, values) of one metric on one split (a row without `split` is a train row), in
         step order, numbers only."""
         points = sorted(
-            (row["step"], row[key]) for row in self.metrics
+            (row["step"], row[key])
+            for row in self.metrics
             if row.get("split", "train") == split and _number(row.get(key)) and _number(row.get("step"))
         )
         return [p[0] for p in points], [p[1] for p in points]
@@ -80,7 +92,9 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 rows.append(row)
             else:
                 bad.append(number)
-    warnings = [f"{path}: skipped {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:10]))})"] if bad else []
+    warnings = (
+        [f"{path}: skipped {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:10]))})"] if bad else []
+    )
     return rows, warnings
 
 
