@@ -100,6 +100,12 @@ def test_lora_section_is_typed():
         ),
         (with_(training={"remove_unused_columns": True}), "training.remove_unused_columns is set by dpolab"),
         (
+            with_(training={"learning_rate": "1e-3x"}),
+            "training.learning_rate: expected a number, got '1e-3x'",
+        ),
+        (with_(training={"max_steps": 1.5}), "training.max_steps: expected an integer, got 1.5"),
+        (with_(training={"bf16": "yes"}), "training.bf16: expected true or false, got 'yes'"),
+        (
             with_(model={"name_or_path": "m", "dtype": "bfloat16"}, training={"fp16": True}),
             "use training.bf16",
         ),
@@ -141,6 +147,19 @@ def test_overrides_are_yaml_values(tmp_path):
         parse_override("beta")
     with pytest.raises(DpolabError, match="name a section and a key"):
         parse_override("beta=0.3")
+
+
+def test_exponent_only_numbers_are_floats(tmp_path):
+    # PyYAML's YAML 1.1 reads `1e-3` as a string; users write it in configs and on command lines
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name_or_path: m\ndata:\n  train: t.jsonl\ntraining:\n  learning_rate: 5e-7\n")
+    config = load_config(
+        path, ["loss.beta=3E-1", "training.weight_decay=1e-2", "training.adam_epsilon=1.0e-8"]
+    )
+    assert config.training == {"learning_rate": 5e-7, "weight_decay": 0.01, "adam_epsilon": 1e-8}
+    assert config.loss.beta == 0.3
+    assert parse_override("training.run_name=e5") == (["training", "run_name"], "e5")
+    assert parse_override("training.max_steps=10") == (["training", "max_steps"], 10)
 
 
 def test_missing_and_malformed_config_files(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -201,6 +202,22 @@ def _explicit_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string (a float needs a dot: `1.0e-3`); this loader
+    also reads exponent-only numbers as floats, as YAML 1.2 and every other config reader do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], value parsed as YAML)."""
     if "=" not in text:
@@ -210,7 +227,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(path) < 2 or not all(path):
         raise DpolabError(f"override '{text}': name a section and a key, e.g. loss.beta=0.3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise DpolabError(f"override '{text}': the value is not valid YAML ({err})") from None
     return path, value
@@ -236,7 +253,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DpolabError(f"{path}: no such config file")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise DpolabError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(values, dict):
@@ -269,6 +286,30 @@ def _training_fields() -> set[str]:
     from transformers import TrainingArguments
 
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+_SCALARS = {float: "a number", int: "an integer", bool: "true or false"}
+
+
+def _check_training_type(key: str, value: Any) -> None:
+    """TrainingArguments does not check its arguments' types: a string learning rate would reach
+    the optimiser. Check the plain number and flag fields (alone or `| None`) here."""
+    from transformers import TrainingArguments
+
+    tp = typing.get_type_hints(TrainingArguments).get(key)
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_args(tp) else [tp]
+    if len(args) != 1 or args[0] not in _SCALARS or value is None:
+        return
+    kind = args[0]
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (kind is float or isinstance(value, int))
+    )
+    if not ok:
+        raise DpolabError(f"training.{key}: expected {_SCALARS[kind]}, got {value!r}")
 
 
 def validate(config: RunConfig, *, sft: bool = False) -> None:
@@ -327,6 +368,7 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
                 f"unknown key 'training.{key}'{_suggest(key, fields, 'training.')} "
                 f"(the training section takes transformers.TrainingArguments fields)"
             )
+        _check_training_type(key, training[key])
 
     if config.model.dtype == "bfloat16" and training.get("fp16"):
         raise DpolabError("model.dtype bfloat16 with training.fp16 true: use training.bf16 (or neither)")

@@ -146,8 +146,7 @@ def write_demo_report(
             )
         )
     for f in found:
-        verdict = {True: "shown", False: "not shown", None: "not checked"}[f["shown"]]
-        blocks.append(Para(f"{f['finding']}: {verdict}. {f['text']}"))
+        blocks.append(Para(f"{f['finding']}. {f['text']}"))  # the text ends with the verdict
     blocks += [
         Heading(2, "Models"),
         Table(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpolab.config import load_yaml
 from dpolab.errors import DpolabError
 from dpolab.evaluation.results import KINDS
 
@@ -128,7 +129,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     config_path = root / "config.yaml"
     if config_path.exists():
         try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            config = load_yaml(config_path.read_text(encoding="utf-8"))
             run.config = config if isinstance(config, dict) else None
         except yaml.YAMLError as err:
             run.warnings.append(f"{config_path}: not valid YAML ({str(err).splitlines()[0]})")
