@@ -42,6 +42,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(args: list[str], **env) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on 127.0.0.1, one thread per process, this checkout's code."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 def _values(tmp_path, model_dir, data, *, out, cache, batch):
     return {
         "model": {"name_or_path": str(model_dir)},
@@ -77,34 +90,7 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     values = _values(tmp_path, model_dir, data, out=tmp_path / "two", cache=tmp_path / "cache-two", batch=2)
     config = tmp_path / "two.yaml"
     config.write_text(json.dumps(values), encoding="utf-8")  # JSON is YAML
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TQDM_DISABLE": "1",
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "dpolab",
-            "train",
-            str(config),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun(["-m", "dpolab", "train", str(config)], HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # one process, 4 pairs
@@ -136,28 +122,6 @@ def test_fsdp2_sharded_head_gives_the_unsharded_log_probs():
     """FSDP2 on CPU (gloo), 2 processes: final and intermediate layers' log-probs and every
     parameter's gradient equal the unsharded model's, with the head in the root unit or sharded
     on its own; see tests/fsdp2_worker.py for the checks."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            str(Path(__file__).with_name("fsdp2_worker.py")),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun([str(Path(__file__).with_name("fsdp2_worker.py"))])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "fsdp2 ok" in done.stdout
