@@ -90,6 +90,22 @@ def test_causal_lm_judge_reads_the_verdict_tokens(model_dir, tokenizer):
     assert judgement.verdict == ("first" if lp["A"] > lp["B"] else "second")
 
 
+def test_causal_lm_judge_refuses_a_tokenizer_without_the_verdicts(tmp_path):
+    """The demo's word-level tokenizer has no 'A' or 'B': both are <unk>, so no verdict can be read."""
+    from dpolab.demo.tokenizer import build_tokenizer
+    from dpolab.tiny import tiny_model
+
+    tokenizer = build_tokenizer()
+    assert tokenizer("A", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    judge = build_judge(f"hf:{tmp_path}", device="cpu")
+    with pytest.raises(
+        DpolabError, match=r"does not tell the verdicts 'A' and 'B' apart.*openai:, rm: or exact:"
+    ):
+        judge.judge(JudgeRequest("What is 2 + 2?", "4", "5"))
+
+
 def test_cli_exact_judge_against_chosen(tmp_path, capsys):
     gen = tmp_path / "gen.jsonl"
     gen.write_text(

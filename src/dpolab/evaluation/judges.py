@@ -234,7 +234,11 @@ class CausalLMJudge(Judge):
         while n < min(len(ids_a), len(ids_b)) and ids_a[n] == ids_b[n]:
             n += 1
         if n == 0 or n >= min(len(ids_a), len(ids_b)):
-            raise DpolabError(f"{self.spec}: the tokenizer does not tell the verdicts 'A' and 'B' apart")
+            raise DpolabError(
+                f"{self.spec}: the tokenizer does not tell the verdicts 'A' and 'B' apart (they tokenize "
+                "the same, e.g. both unknown); judge with a model whose vocabulary has them, or with "
+                "openai:, rm: or exact:"
+            )
         input_ids = torch.tensor([ids_a[:n]], device=model_device(self.model))
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids).logits[0, -1].float()
