@@ -116,6 +116,12 @@ def test_layer_outside_the_model_fails_before_weights_load(tmp_path, tokenizer, 
     "model,train,message",
     [
         ("no-such-org/no-such-model", None, "model 'no-such-org/no-such-model' cannot be loaded"),
+        # more than one '/': a local path, never a hub id; the message names the directory it was read from
+        (
+            "demo-out/runs/sft",
+            None,
+            "model 'demo-out/runs/sft': no such folder (a relative path is read from ",
+        ),
         (None, "missing.jsonl", "missing.jsonl: no such file"),
     ],
 )

@@ -7,6 +7,7 @@ unsupported architecture) into one `DpolabError` line.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -25,7 +26,20 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _is_missing_path(name: str) -> bool:
+    """`name` can only be a local path (absolute, ./ ../ ~, or more than one `/`: a hub id has one)
+    and nothing is there."""
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    return looks_local and not os.path.exists(os.path.expanduser(name))
+
+
 def _load(what: str, name: str, loader, **kwargs):
+    if _is_missing_path(name):
+        raise DpolabError(
+            f"{what} {name!r}: no such folder (a relative path is read from the current directory, "
+            f"{os.getcwd()})"
+        )
+    name = os.path.expanduser(name)
     try:
         return loader(name, **kwargs)
     except (OSError, ValueError) as err:
