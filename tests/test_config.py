@@ -203,3 +203,20 @@ def test_config_example_command(capsys):
     assert main(["config", "example", "nope"]) == 2
     assert "no example config 'nope'" in capsys.readouterr().err
     assert set(example_names()) >= {"dpo", "dpop", "idpo", "sft"}
+
+
+def test_training_arguments_defaults_and_what_the_user_sets(tmp_path, monkeypatch):
+    import torch
+
+    from dpolab.runner import training_arguments
+
+    out = str(tmp_path / "out")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    args = training_arguments(config_from_dict(with_(training={"output_dir": out})), has_eval=True)
+    assert args.ddp_find_unused_parameters is False and args.remove_unused_columns is False
+    assert args.eval_strategy == "steps" and args.eval_steps == args.logging_steps
+    assert args.dataloader_pin_memory is False  # no accelerator: pinning would only warn
+    args = training_arguments(
+        config_from_dict(with_(training={"output_dir": out, "dataloader_pin_memory": True})), has_eval=False
+    )
+    assert args.dataloader_pin_memory is True and args.eval_strategy == "no"

@@ -131,6 +131,10 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
     values["remove_unused_columns"] = False
     # every trainable parameter takes part in every step: spare DDP its search for unused ones
     values.setdefault("ddp_find_unused_parameters", False)
+    # pinned host memory only helps copies to an accelerator; on a CPU torch warns at every loader
+    import torch
+
+    values.setdefault("dataloader_pin_memory", torch.accelerator.is_available())
     if has_eval and "eval_strategy" not in config.training:
         values["eval_strategy"] = "steps"
         values.setdefault("eval_steps", values.get("logging_steps"))
