@@ -323,13 +323,15 @@ def _assert_grads_close(grads, ref_grads):
     assert compared > 0
 
 
+# 62 completion tokens in `_batch` (27 + 25 + 10): chunks of 7 leave a remainder, 31 divide them
+@pytest.mark.parametrize("chunk", [7, 31])
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("final_norm", [True, False])
 @pytest.mark.parametrize("family", TINY_MODEL_TYPES)
-def test_layer_logprobs_match_naive(family, final_norm, padding):
+def test_layer_logprobs_match_naive(family, final_norm, padding, chunk):
     model = _model(family)
     batch = _batch(padding)
-    out = layer_logprobs(model, batch, LAYERS, final_norm=final_norm, chunk_tokens=7)
+    out = layer_logprobs(model, batch, LAYERS, final_norm=final_norm, chunk_tokens=chunk)
     ref = naive_layer_logprobs(model, batch, LAYERS, final_norm=final_norm)
     assert out.layers == ref.layers == LAYERS
     assert out.logps.shape == (3, BATCH)
@@ -339,6 +341,47 @@ def test_layer_logprobs_match_naive(family, final_norm, padding):
     # the layers differ from each other (a wrong layer index could not pass by accident)
     assert (out.logps[0] - out.logps[1]).abs().max() > 1e-2
     _assert_grads_close(_grads(model, out.logps), _grads(model, ref.logps))
+
+
+class _WidestVocabRows(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records, over every operator's outputs, the most rows of any tensor whose last dimension
+    is the vocabulary: a full-logits path makes one of `(B, T, V)`, i.e. B·T rows. Views
+    (`weight.t()`, the `(d, V)` transpose of the head) allocate nothing and are not counted."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.rows = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:  # an alias of an existing tensor
+            return out
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[-1] == self.vocab:
+                self.rows = max(self.rows, t.numel() // self.vocab)
+        return out
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_no_full_logits_in_forward_or_backward(family):
+    """`layer_logprobs` never holds more than one chunk of logits rows, forward or backward, for
+    the final and the intermediate layers; the naive path (the check's control) holds B·T."""
+    model = _model(family)
+    batch = _batch("right")
+    with _WidestVocabRows(VOCAB) as seen:
+        out = layer_logprobs(model, batch, LAYERS, chunk_tokens=7)
+        _grads(model, out.logps)
+    assert 0 < seen.rows <= 7
+    with _WidestVocabRows(VOCAB) as control:
+        naive_layer_logprobs(model, batch, LAYERS)
+    assert control.rows >= BATCH * SEQ
+
+
+def test_chunk_tokens_must_be_positive():
+    hidden, weight, bias, tokens, _ = _head_inputs(torch.float32, bias=False)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="chunk_tokens must be a positive"):
+            token_logprobs(hidden, weight, bias, tokens, chunk_tokens=bad)
 
 
 @pytest.mark.parametrize("family", TINY_MODEL_TYPES)

@@ -222,6 +222,8 @@ def token_logprobs(
     Naive equivalent (what the tests compare against), for fp32 and the half types:
         torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
     """
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive number of rows, got {chunk_tokens}")
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0])
     weight, bias = _gather_dtensor(weight), _gather_dtensor(bias)  # FSDP2: the full head, differentiably
     if hidden.shape[0] == 0:

@@ -56,6 +56,7 @@ def dpo_loss(
     )
     # Eq. 7 of Rafailov et al. 2023, https://arxiv.org/abs/2305.18290: L = −log σ(β log-ratio_w − β log-ratio_l)
     losses = -F.logsigmoid(beta * (delta_w - delta_l))
+    # implicit rewards r = β·(log π_θ − log π_ref), Eq. 5 of Rafailov et al. 2023 (without β log Z(x))
     return losses, beta * delta_w.detach(), beta * delta_l.detach()
 
 
@@ -83,6 +84,7 @@ def ipo_loss(
     )
     # Eq. 17 of Azar et al. 2023, https://arxiv.org/abs/2310.12036: (h_π(y_w, y_l, x) − τ⁻¹/2)²
     losses = (delta_w - delta_l - 1.0 / (2.0 * beta)) ** 2
+    # implicit rewards r = β·(log π_θ − log π_ref), Eq. 5 of Rafailov et al. 2023 (without β log Z(x))
     return losses, beta * delta_w.detach(), beta * delta_l.detach()
 
 
@@ -114,6 +116,7 @@ def dpop_loss(
     # −log σ(β·(log-ratio_w − log-ratio_l − λ·max(0, log π_ref(y_w|x) − log π_θ(y_w|x))))
     penalty = torch.clamp(-delta_w, min=0.0)
     losses = -F.logsigmoid(beta * (delta_w - delta_l - lambda_ * penalty))
+    # implicit rewards r = β·(log π_θ − log π_ref), Eq. 5 of Rafailov et al. 2023 (without β log Z(x))
     return losses, beta * delta_w.detach(), beta * delta_l.detach()
 
 
@@ -149,7 +152,7 @@ def mix_layer_losses(
     """
     if not intermediate_losses:
         return final_loss
-    # Eq. 2 of the Intermediate DPO paper: L_K = (1/|K|) Σ_{k∈K} L_k
+    # Eq. 2 of Kojima 2024, "Intermediate direct preference optimization": L_K = (1/|K|) Σ_{k∈K} L_k
     intermediate = torch.stack(list(intermediate_losses)).mean(dim=0)
-    # Eq. 3 of the Intermediate DPO paper: L = γ·L_DPO + (1 − γ)·L_K
+    # Eq. 3 of Kojima 2024: L = γ·L_DPO + (1 − γ)·L_K
     return gamma * final_loss + (1.0 - gamma) * intermediate
