@@ -213,11 +213,11 @@ def verdicts(rows: dict) -> list[str]:
             lambda v: v <= 1e-9,
             "relative difference of their sums {:.0e}",
         )
-    mfus = [
-        impl["mfu"] for row in rows.values() for key, impl in row["impl"].items() if key.startswith("dpolab")
-    ]
+    # judged on plain DPO in every case: the lowest counts (intermediate DPO's extra head
+    # projections run at a higher rate and would flatter the figure)
+    mfus = [row["impl"]["dpolab/dpo"]["mfu"] for row in rows.values() if "dpolab/dpo" in row["impl"]]
     if mfus:
-        check("dpolab MFU ≥ 40 %", max(mfus), lambda v: v >= 0.4, "best {:.0%}")
+        check("dpolab MFU ≥ 40 % (plain DPO, every case)", min(mfus), lambda v: v >= 0.4, "lowest {:.1%}")
     return out
 
 
@@ -236,7 +236,7 @@ def table(rows: dict) -> str:
             f"| {name} | {ours['pairs_per_s']:.3f} | {theirs['pairs_per_s']:.3f} | **{row['speed_ratio']:.2f}** "
             f"| ({row['speed_ratio_load_corrected']:.2f}) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | **{row['memory_ratio']:.2f}** "
             f"| {row['memory_increment_ratio']:.2f} | {ours['mfu']:.1%} | {theirs['mfu']:.1%} "
-            f"| {row['loss_difference_first_steps']:.0e} ({row['max_loss_difference']:.0e}) "
+            f"| {row['loss_difference_first_steps']:.1e} ({row['max_loss_difference']:.1e}) "
             f"| {row['logps_difference']:.0e} |"
         )
     idpo = [(n, r) for n, r in rows.items() if "idpo_time_ratio" in r]
