@@ -1,5 +1,8 @@
 # One command each, on a fresh machine: `make demo`, `make test`.
 PYTHON ?= python3
+# what installs torch first; elsewhere add PyTorch's CPU wheel index, e.g.
+#   make test TORCH="torch==2.13.0 --index-url <PyTorch's CPU wheel index>"
+TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,8 +12,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# the CPU build of torch first, so that nothing later pulls a CUDA build
-	$(BIN)/python -m pip install -q "torch==2.13.0"
+	# torch first (the CPU build on the machines this is developed on), so that nothing later pulls a CUDA build
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	touch $(STAMP)
 
