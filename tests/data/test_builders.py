@@ -144,6 +144,19 @@ def test_metamath_fixture_pairs(tmp_path):
         assert old in spans_text(example.chosen)
 
 
+def test_metamath_seeded_rejected_text_of_one_fixture_row():
+    # row 3 (Betty's wallet) has two intermediate results, $50 and $30; seed 0 corrupts the second
+    examples, _ = build_pairs("metamath", METAMATH, seed=0)
+    betty = next(e for e in examples if e.row == 3)
+    assert betty.rejected == (
+        "\nIn the beginning, Betty has only 100 / 2 = $50.\n"
+        "Betty's grandparents gave her 15 * 2 = $32.\n"
+        "This means, Betty needs 100 - 50 - 30 - 15 = $5 more.\n"
+        "#### 5\n"
+        "The answer is: 5"
+    )
+
+
 def test_metamath_is_seeded_per_row():
     a, _ = build_pairs("metamath", METAMATH, seed=0)
     b, _ = build_pairs("metamath", METAMATH, seed=0)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,7 +94,7 @@ def test_bad_row_stops_with_one_message_and_leaves_no_file(tmp_path, capsys):
     assert code == 2 and out == ""
     assert err == (
         f"dpolab data: error: {source}, row 7, field 'answerKey': 'E' is not one of the choice labels "
-        f"1, 2, 3, 4 (fix the row, or set data.on_bad_rows=skip to skip such rows and count them)\n"
+        f"1, 2, 3, 4 (fix the row, or pass --on-bad-rows skip to skip such rows and count them)\n"
     )
     assert not out_path.exists() and list(out_path.parent.iterdir()) == []  # no half file, no temporary
 
@@ -193,3 +197,138 @@ def test_stats_text_with_a_tokenizer(tmp_path, capsys, tokenizer):
 def test_stats_missing_file(capsys, tmp_path):
     code, _, err = run(capsys, "stats", tmp_path / "nope.jsonl")
     assert code == 2 and err == f"dpolab data: error: {tmp_path / 'nope.jsonl'}: no such file\n"
+
+
+def test_every_row_bad_and_skipped_says_how_many_and_why(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "arc.jsonl", [{"question": 1}, {"question": "q"}, {"question": "r"}])
+    out_path = tmp_path / "arc_dpo.jsonl"
+    code, out, err = run(
+        capsys, "build", "arc", "--input", source, "--output", out_path, "--on-bad-rows", "skip"
+    )
+    assert code == 2 and out == "" and not out_path.exists()
+    assert err == (
+        f"dpolab data: error: {source}: no pairs to write (skipped 3 rows: 2 × choices: missing; "
+        f"1 × question: expected a string, found int)\n"
+    )
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    code, _, err = run(capsys, "convert", "hh", "--input", empty, "--output", out_path)
+    assert code == 2 and err == f"dpolab data: error: {empty}: no pairs to write (it has no rows)\n"
+
+
+def test_one_skipped_row_is_one_row(tmp_path, capsys):
+    rows = read_jsonl(FIXTURES / "hh_rlhf_train.jsonl")
+    rows[4]["rejected"] = rows[4]["chosen"]
+    source = write_jsonl(tmp_path / "hh.jsonl", rows)
+    code, out, _ = run(
+        capsys, "convert", "hh", "--input", source, "--output", tmp_path / "o.jsonl", "--on-bad-rows", "skip"
+    )
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        f"{source}: skipped 1 row (1 × rejected: identical to chosen)",
+        "  rejected: identical to chosen: rows 5",
+    ]
+    code, out, _ = run(
+        capsys,
+        "convert",
+        "hh",
+        "--input",
+        write_jsonl(tmp_path / "one.jsonl", rows[:1]),
+        "--output",
+        tmp_path / "one_out.jsonl",
+    )
+    assert code == 0 and out == f"wrote 1 pair to {tmp_path / 'one_out.jsonl'}\n"
+
+
+def test_stats_bad_row_hint_names_the_flag(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "c"}])
+    code, _, err = run(capsys, "stats", source)
+    assert code == 2 and err == (
+        f"dpolab data: error: {source}, row 1, field 'rejected': identical to chosen "
+        f"(fix the row, or pass --on-bad-rows skip to skip such rows and count them)\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_output_in_a_folder_that_cannot_exist_is_one_line(tmp_path, capsys):
+    code, out, err = run(
+        capsys,
+        "build",
+        "arc",
+        "--input",
+        FIXTURES / "arc_challenge_train.jsonl",
+        "--output",
+        "/proc/x/y.jsonl",
+    )
+    assert code == 2 and out == ""
+    assert err == (
+        "dpolab data: error: /proc/x/y.jsonl: cannot write this file: No such file or directory (/proc/x)\n"
+    )
+
+
+def test_output_that_is_a_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    code, out, err = run(
+        capsys, "convert", "hh", "--input", FIXTURES / "hh_rlhf_train.jsonl", "--output", tmp_path / "out"
+    )
+    assert code == 2 and out == ""
+    assert err == f"dpolab data: error: {tmp_path / 'out'}: is a folder; give the name of the file to write\n"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_split_with_a_single_file_is_refused(tmp_path, capsys):
+    source = FIXTURES / "arc_challenge_train.jsonl"
+    code, _, err = run(
+        capsys, "build", "arc", "--input", source, "--split", "test", "--output", tmp_path / "o.jsonl"
+    )
+    assert code == 2 and not (tmp_path / "o.jsonl").exists()
+    assert err == (
+        f"dpolab data: error: {source}: --split test given, but a single file has no splits; drop --split "
+        f"(it picks a split of a hub dataset or of a folder saved with save_to_disk)\n"
+    )
+    code, _, err = run(capsys, "stats", FIXTURES / "hh_rlhf_train.jsonl", "--split", "train")
+    assert code == 2 and "a single file has no splits" in err
+
+
+def test_split_of_a_saved_dataset_folder_is_honoured(tmp_path, capsys):
+    import datasets
+
+    records = read_jsonl(FIXTURES / "hh_rlhf_train.jsonl")
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(records[:5]), "test": datasets.Dataset.from_list(records[5:8])}
+    ).save_to_disk(str(tmp_path / "hh"))
+    out_path = tmp_path / "hh.jsonl"
+    code, out, _ = run(
+        capsys, "convert", "hh", "--input", tmp_path / "hh", "--split", "test", "--output", out_path
+    )
+    assert code == 0 and out == f"wrote 3 pairs to {out_path}\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_stats_into_a_closed_pipe_exits_quietly(tmp_path, unbuffered):
+    """`dpolab data stats f | head -1`: the reader has gone before dpolab writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "dpolab", "data", "stats", FIXTURES / "hh_rlhf_train.jsonl", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr.decode()) == (141, "")
+
+
+def test_a_broken_pipe_other_than_stdout_keeps_its_traceback(monkeypatch, capsys):
+    import dpolab.commands.data as data_command
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(data_command, "run_stats", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["data", "stats", "x.jsonl"])  # stdout here is no broken pipe: a bug, not `| head`

@@ -90,6 +90,13 @@ def test_ultrafeedback_gives_conversational_pairs():
         ({"chosen": None}, "chosen", "expected a list of messages, found missing"),
         ({"rejected": "text"}, "rejected", "expected a list of messages, found str"),
         ({"score_chosen": 2.0, "score_rejected": 8.0}, "score_chosen", "2.0 is below score_rejected 8.0"),
+        ({"score_chosen": "8"}, "score_chosen", "expected a number, found str '8'"),
+        (
+            {"score_rejected": None, "score_chosen": True},
+            "score_chosen",
+            "expected a number, found bool True",
+        ),
+        ({"score_rejected": [2.0]}, "score_rejected", "expected a number, found list [2.0]"),
         (
             {"rejected": [{"content": "Write a haiku about the first snow of winter.", "role": "user"}]},
             "rejected",
@@ -152,3 +159,17 @@ def test_convert_rows_whole_fixtures_and_the_bad_row_policy(tmp_path):
     }
     with pytest.raises(DpolabError, match="unknown dataset kind 'orca'"):
         convert_rows("orca", HH)
+
+
+def test_ultrafeedback_score_as_a_string_names_file_row_and_field(tmp_path):
+    rows = read_jsonl(UF)
+    rows[2]["score_chosen"] = "8"
+    bad = write_jsonl(tmp_path / "uf.jsonl", rows)
+    with pytest.raises(DpolabError) as err:
+        convert_rows("ultrafeedback", bad)
+    assert str(err.value).startswith(
+        f"{bad}, row 3, field 'score_chosen': expected a number, found str '8' ("
+    )
+    rows[2]["score_chosen"] = rows[2]["score_rejected"] = None  # scores left out: nothing to check
+    examples, _ = convert_rows("ultrafeedback", write_jsonl(tmp_path / "no_scores.jsonl", rows))
+    assert len(examples) == 20

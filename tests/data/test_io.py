@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 
 import pytest
 
-from dpolab.data.io import Row, looks_like_path, read_rows, write_jsonl_atomic
+from dpolab.data.io import Row, looks_like_path, read_rows, write_json_atomic, write_jsonl_atomic
 from dpolab.errors import DpolabError
 
 from .helpers import FIXTURES, read_jsonl, write_jsonl
@@ -145,3 +148,46 @@ def test_interrupted_write_leaves_no_half_file(tmp_path, interruption):
     assert (
         list(tmp_path.iterdir()) == [out] and out.read_text() == '{"old": true}\n'
     )  # the old file is intact
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_permissions_open_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_jsonl_atomic(tmp_path / "a.jsonl", [{"a": 1}])
+        write_json_atomic(tmp_path / "b.json", {"a": 1})
+        (tmp_path / "plain.txt").write_text("x")  # what open(path, "w") gives
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.jsonl": mode, "b.json": mode, "plain.txt": mode}
+
+
+def test_output_that_cannot_be_written_names_it_and_leaves_nothing(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DpolabError) as err:
+        write_jsonl_atomic(tmp_path / "file" / "out.jsonl", [{"a": 1}])  # its folder is a file
+    assert str(err.value).startswith(f"{tmp_path / 'file' / 'out.jsonl'}: cannot write this file: ")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DpolabError, match=r"folder: is a folder; give the name of the file to write$"):
+        write_json_atomic(tmp_path / "folder", {})
+
+    def no_rename(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(DpolabError) as err:
+        write_jsonl_atomic(tmp_path / "out.jsonl", [{"a": 1}])
+    assert str(err.value) == f"{tmp_path / 'out.jsonl'}: cannot write this file: Permission denied"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # no temporary left
+
+
+def test_an_error_reading_the_input_is_not_blamed_on_the_output(tmp_path):
+    def records():
+        yield {"a": 1}
+        raise PermissionError(13, "Permission denied", "input.jsonl")
+
+    with pytest.raises(PermissionError):
+        write_jsonl_atomic(tmp_path / "out.jsonl", records())
+    assert list(tmp_path.iterdir()) == []

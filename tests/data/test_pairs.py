@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpolab.data.pairs import BadRowPolicy, load_pairs
+from dpolab.data.pairs import FLAG_SKIP_HINT, BadRowPolicy, load_pairs
 from dpolab.errors import DpolabError
 
 from .helpers import FIXTURES, write_jsonl
@@ -64,7 +64,9 @@ def test_skip_counts_by_reason(mixed):
 
 def test_no_usable_row_is_an_error_even_when_skipping(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "rejected": "r"}])
-    with pytest.raises(DpolabError, match=r"bad\.jsonl: no usable preference pairs \(.*skipped 1 bad rows"):
+    with pytest.raises(
+        DpolabError, match=r"bad\.jsonl: no usable preference pairs \(.*skipped 1 bad row \(1 × chosen"
+    ):
         load_pairs(path, on_bad_rows="skip")
 
 
@@ -86,3 +88,18 @@ def test_the_fixture_formats_load():
 def test_policy_rejects_unknown_setting():
     with pytest.raises(ValueError, match="on_bad_rows must be one of"):
         BadRowPolicy("x.jsonl", "ignore")
+
+
+def test_skip_hint_is_worded_for_where_the_message_is_shown(mixed):
+    # the default speaks to the training config; `dpolab data` passes its command-line flag
+    config_hint = "(fix the row, or set data.on_bad_rows=skip to skip such rows and count them)"
+    flag_hint = "(fix the row, or pass --on-bad-rows skip to skip such rows and count them)"
+    with pytest.raises(DpolabError) as err:
+        BadRowPolicy(mixed).bad(2, "chosen", "missing")
+    assert str(err.value) == f"{mixed}, row 2, field 'chosen': missing {config_hint}"
+    with pytest.raises(DpolabError) as err:
+        BadRowPolicy(mixed, skip_hint=FLAG_SKIP_HINT).bad(2, "chosen", "missing")
+    assert str(err.value) == f"{mixed}, row 2, field 'chosen': missing {flag_hint}"
+    with pytest.raises(DpolabError) as err:
+        load_pairs(mixed, skip_hint=FLAG_SKIP_HINT)
+    assert str(err.value) == f"{mixed}, row 2, field 'chosen': missing {flag_hint}"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
-from dpolab.data.pairs import ON_BAD_ROWS, BadRowReport
+from dpolab.data.pairs import FLAG_SKIP_HINT, ON_BAD_ROWS, BadRowReport, row_count
 from dpolab.errors import DpolabError
 
 ROWS_SHOWN = 20
@@ -65,7 +66,11 @@ def register(subparsers) -> None:
         "stats", help="rows, length percentiles and the normalised edit distance of pairs"
     )
     stats.add_argument("file", help="a preference file (.jsonl, .json, .parquet, a saved dataset) or hub id")
-    stats.add_argument("--split", default=None)
+    stats.add_argument(
+        "--split",
+        default=None,
+        help="the split of a hub dataset or saved DatasetDict (default train); a single file has none",
+    )
     stats.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (else characters)")
     stats.add_argument(
         "--format", dest="fmt", default="auto", choices=("auto", "standard", "conversational", "implicit")
@@ -87,7 +92,9 @@ def _io_arguments(parser: argparse.ArgumentParser) -> None:
         "--input", required=True, help="a .jsonl/.json/.parquet file, a saved dataset folder or a hub id"
     )
     parser.add_argument(
-        "--split", default=None, help="the split of a hub dataset or saved DatasetDict (default train)"
+        "--split",
+        default=None,
+        help="the split of a hub dataset or saved DatasetDict (default train); a single file has none",
     )
     parser.add_argument("--output", required=True, help="the .jsonl file to write (atomically)")
     parser.add_argument(
@@ -102,8 +109,8 @@ def report_lines(report: BadRowReport) -> list[str]:
     """The skipped rows by reason, with their row numbers (the first ROWS_SHOWN of each reason)."""
     if not report.skipped:
         return []
-    reasons = "; ".join(f"{n} × {reason}" for reason, n in report.by_reason().items())
-    lines = [f"{report.source}: skipped {len(report)} rows ({reasons})"]  # not all bad: see metamath
+    # "rows", not "bad rows": metamath's rows with nothing to corrupt are valid rows
+    lines = [f"{report.source}: skipped {row_count(len(report))} ({report.counts()})"]
     for reason in report.by_reason():
         rows = [
             s.row for s in report.skipped if (f"{s.field}: {s.reason}" if s.field else s.reason) == reason
@@ -113,8 +120,20 @@ def report_lines(report: BadRowReport) -> list[str]:
     return lines
 
 
-def _write(output: str, examples: Iterable, source: str) -> int:
-    """Write the examples atomically; no pairs at all is an error (and leaves no file)."""
+def check_split(source: str, split: str | None) -> None:
+    """`--split` names a split of a hub dataset or of a saved DatasetDict folder; a single local
+    file is one split already, so a `--split` with it is refused rather than ignored."""
+    path = Path(source).expanduser()
+    if split is not None and path.exists() and not path.is_dir():
+        raise DpolabError(
+            f"{source}: --split {split} given, but a single file has no splits; drop --split "
+            f"(it picks a split of a hub dataset or of a folder saved with save_to_disk)"
+        )
+
+
+def _write(output: str, examples: Iterable, report: BadRowReport) -> int:
+    """Write the examples atomically; no pairs at all is an error (and leaves no file) that says
+    why: the rows skipped, by reason, or an input without rows."""
     from dpolab.data.convert import example_record
     from dpolab.data.io import write_jsonl_atomic
 
@@ -124,13 +143,16 @@ def _write(output: str, examples: Iterable, source: str) -> int:
             count += 1
             yield example_record(example)
         if count == 0:
-            raise DpolabError(f"{source}: no pairs to write")
+            why = (
+                f"skipped {row_count(len(report))}: {report.counts()}" if report.skipped else "it has no rows"
+            )
+            raise DpolabError(f"{report.source}: no pairs to write ({why})")
 
     return write_jsonl_atomic(output, records())
 
 
 def _finish(args, report: BadRowReport, written: int) -> int:
-    print(f"wrote {written} pairs to {args.output}")
+    print(f"wrote {written} pair{'' if written == 1 else 's'} to {args.output}")
     for line in report_lines(report):
         print(line)
     return 0
@@ -145,11 +167,12 @@ def run_build(args) -> int:
     from dpolab.data.builders import builder_fn, iter_examples
     from dpolab.data.pairs import BadRowPolicy
 
-    policy = BadRowPolicy(args.input, args.on_bad_rows)
+    check_split(args.input, args.split)
+    policy = BadRowPolicy(args.input, args.on_bad_rows, skip_hint=FLAG_SKIP_HINT)
     fn = builder_fn(
         args.builder, seed=args.seed, template=unescape(args.template), delimiter=unescape(args.delimiter)
     )
-    written = _write(args.output, iter_examples(args.input, fn, policy, split=args.split), args.input)
+    written = _write(args.output, iter_examples(args.input, fn, policy, split=args.split), policy.report)
     return _finish(args, policy.report, written)
 
 
@@ -158,9 +181,10 @@ def run_convert(args) -> int:
     from dpolab.data.convert import converter_fn
     from dpolab.data.pairs import BadRowPolicy
 
-    policy = BadRowPolicy(args.input, args.on_bad_rows)
+    check_split(args.input, args.split)
+    policy = BadRowPolicy(args.input, args.on_bad_rows, skip_hint=FLAG_SKIP_HINT)
     fn = converter_fn(args.kind, delimiter=unescape(args.delimiter))
-    written = _write(args.output, iter_examples(args.input, fn, policy, split=args.split), args.input)
+    written = _write(args.output, iter_examples(args.input, fn, policy, split=args.split), policy.report)
     return _finish(args, policy.report, written)
 
 
@@ -179,8 +203,11 @@ def run_stats(args) -> int:
 
     if args.bins < 1:
         raise DpolabError(f"--bins must be at least 1, not {args.bins}")
+    check_split(args.file, args.split)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    examples, report = load_pairs(args.file, split=args.split, fmt=args.fmt, on_bad_rows=args.on_bad_rows)
+    examples, report = load_pairs(
+        args.file, split=args.split, fmt=args.fmt, on_bad_rows=args.on_bad_rows, skip_hint=FLAG_SKIP_HINT
+    )
     stats = dataset_stats(examples, tokenizer=tokenizer, bins=args.bins, level=args.level)
     if args.json:
         print(json.dumps({"source": args.file, **stats, "skipped": report.to_dict()}, indent=2))

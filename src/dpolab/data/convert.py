@@ -7,8 +7,9 @@
   from the first differing one.
 - ultrafeedback (HuggingFaceH4/ultrafeedback_binarized: `prompt`, `chosen`/`rejected` as full
   conversations, `score_chosen`, `score_rejected`) -> conversational: the shared leading messages
-  are the prompt, the rest the completions. A row whose chosen score is below its rejected score
-  is a bad row (columns swapped somewhere).
+  are the prompt, the rest the completions. The scores may be left out; given, they must be
+  numbers (a score written as a string, `"8"`, is a bad row), and a row whose chosen score is
+  below its rejected score is a bad row (columns swapped somewhere).
 - shp (stanfordnlp/SHP: `history`, `human_ref_A`, `human_ref_B`, `labels` = 1 when A is preferred)
   -> standard: prompt = history, chosen = the preferred reference, each completion `delimiter` +
   its text (default "\\n\\n").
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +54,14 @@ def convert_ultrafeedback(record: dict[str, Any], row: int = 0) -> PreferenceExa
         if not isinstance(record.get(field), list):
             found = "missing" if record.get(field) is None else type(record[field]).__name__
             raise BadRow(field, f"expected a list of messages, found {found}")
+    for field in ("score_chosen", "score_rejected"):
+        score = record.get(field)
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+        ):
+            raise BadRow(field, f"expected a number, found {type(score).__name__} {score!r}")
     scores = record.get("score_chosen"), record.get("score_rejected")
-    if all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores) and scores[0] < scores[1]:
+    if None not in scores and scores[0] < scores[1]:
         raise BadRow("score_chosen", f"{scores[0]} is below score_rejected {scores[1]}")
     example = normalise(
         {k: record[k] for k in ("prompt", "chosen", "rejected") if k in record}, "conversational", row=row

@@ -7,10 +7,12 @@ returned with its error instead of being skipped, so that the caller decides (st
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,35 +155,83 @@ def _read_hub(name: str, split: str | None) -> Iterator[Row]:
         yield Row(number, dict(record))
 
 
+def output_error(path: str | os.PathLike, err: OSError) -> DpolabError:
+    """The one-line error for an output file that cannot be written (`err` from writing it)."""
+    path = Path(path)
+    reason = err.strerror or str(err)
+    if err.filename is not None and Path(err.filename) in path.parents:  # the folder it needs
+        reason += f" ({err.filename})"
+    return DpolabError(f"{path}: cannot write this file: {reason}")
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new temporary file next to `path`, opened for writing. It is created with mode 0o666, less
+    the umask, as `open(path, "w")` would create `path` itself (the kernel applies the umask, so it
+    is never read or changed; `tempfile.mkstemp` would make it 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(tmp))
+
+
+@contextmanager
+def _atomic_output(path: str | os.PathLike) -> Iterator[Callable[[str], None]]:
+    """`write(text)` into a temporary file next to `path`, renamed onto `path` when the block
+    ends; on any exception the temporary is removed and an existing `path` is left as it was.
+
+    An `OSError` of the output itself (its folder, the writes, the rename) becomes a `DpolabError`
+    naming `path`; an exception of the block's own (reading the input, say) passes unchanged.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DpolabError(f"{path}: is a folder; give the name of the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(path)
+    except OSError as err:
+        raise output_error(path, err) from None
+    handle = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(text: str) -> None:
+        try:
+            handle.write(text)
+        except OSError as err:
+            raise output_error(path, err) from None
+
+    try:
+        yield write
+        try:
+            handle.close()  # flushes: a full disk shows here
+            os.replace(tmp, path)
+        except OSError as err:
+            raise output_error(path, err) from None
+    except BaseException:
+        with suppress(OSError):
+            handle.close()
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
     """Write records as JSONL through a temporary file renamed into place: an interrupted write
-    leaves no half file. Returns the number of records written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    leaves no half file. The file gets the permissions `open(path, "w")` would give a new file.
+    Returns the number of records written; raises `DpolabError` naming `path` if it cannot be
+    written."""
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_output(path) as write:
+        for record in records:
+            write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write one JSON document atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one JSON document atomically (temporary file + rename), as `write_jsonl_atomic` does."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    with _atomic_output(path) as write:
+        write(text)

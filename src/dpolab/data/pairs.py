@@ -12,6 +12,15 @@ from dpolab.data.io import read_rows
 from dpolab.errors import DpolabError, where
 
 ON_BAD_ROWS = ("error", "skip")
+# How a bad-row message tells the user to skip such rows, in the words of where it is shown: the
+# training config (the default), or a command line with an `--on-bad-rows` flag.
+CONFIG_SKIP_HINT = "set data.on_bad_rows=skip"
+FLAG_SKIP_HINT = "pass --on-bad-rows skip"
+
+
+def row_count(n: int, adjective: str = "") -> str:
+    """`1 row`, `3 rows`, `1 bad row`."""
+    return f"{n} {adjective}row{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -36,11 +45,14 @@ class BadRowReport:
             Counter(f"{s.field}: {s.reason}" if s.field else s.reason for s in self.skipped).most_common()
         )
 
+    def counts(self) -> str:
+        """The count of each reason, most frequent first: `2 × chosen: missing; 1 × ...`."""
+        return "; ".join(f"{n} × {reason}" for reason, n in self.by_reason().items())
+
     def summary(self) -> str:
         if not self.skipped:
             return f"{self.source}: no rows skipped"
-        reasons = "; ".join(f"{n} × {reason}" for reason, n in self.by_reason().items())
-        return f"{self.source}: skipped {len(self.skipped)} bad rows ({reasons})"
+        return f"{self.source}: skipped {row_count(len(self.skipped), 'bad ')} ({self.counts()})"
 
     def to_dict(self) -> dict:
         return {
@@ -51,26 +63,36 @@ class BadRowReport:
         }
 
 
-def bad_row_error(source: str | os.PathLike, row: int, fld: str | None, reason: str) -> DpolabError:
+def bad_row_error(
+    source: str | os.PathLike,
+    row: int,
+    fld: str | None,
+    reason: str,
+    *,
+    skip_hint: str = CONFIG_SKIP_HINT,
+) -> DpolabError:
     return DpolabError(
-        f"{where(source, row, fld)}: {reason} (fix the row, or set data.on_bad_rows=skip to skip such rows "
-        f"and count them)"
+        f"{where(source, row, fld)}: {reason} (fix the row, or {skip_hint} to skip such rows and count them)"
     )
 
 
 class BadRowPolicy:
-    """Applies `on_bad_rows` to one source: raise at once, or remember the row and go on."""
+    """Applies `on_bad_rows` to one source: raise at once, or remember the row and go on.
+    `skip_hint` is the error's advice on how to skip (`CONFIG_SKIP_HINT`, `FLAG_SKIP_HINT`)."""
 
-    def __init__(self, source: str | os.PathLike, on_bad_rows: str = "error"):
+    def __init__(
+        self, source: str | os.PathLike, on_bad_rows: str = "error", *, skip_hint: str = CONFIG_SKIP_HINT
+    ):
         if on_bad_rows not in ON_BAD_ROWS:
             raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, not {on_bad_rows!r}")
         self.source = str(source)
         self.on_bad_rows = on_bad_rows
+        self.skip_hint = skip_hint
         self.report = BadRowReport(self.source)
 
     def bad(self, row: int, fld: str | None, reason: str) -> None:
         if self.on_bad_rows == "error":
-            raise bad_row_error(self.source, row, fld, reason)
+            raise bad_row_error(self.source, row, fld, reason, skip_hint=self.skip_hint)
         self.report.skipped.append(SkippedRow(row, fld, reason))
 
 
@@ -81,13 +103,14 @@ def load_pairs(
     fmt: str = "auto",
     on_bad_rows: str = "error",
     limit: int | None = None,
+    skip_hint: str = CONFIG_SKIP_HINT,
 ) -> tuple[list[PreferenceExample], BadRowReport]:
     """All usable pairs of a source, normalised, with the report of the rows skipped.
 
-    Raises `DpolabError` at the first bad row when `on_bad_rows` is `error`, and when no row at
-    all is usable.
+    Raises `DpolabError` at the first bad row when `on_bad_rows` is `error` (its advice on skipping
+    worded by `skip_hint`), and when no row at all is usable.
     """
-    policy = BadRowPolicy(source, on_bad_rows)
+    policy = BadRowPolicy(source, on_bad_rows, skip_hint=skip_hint)
     examples: list[PreferenceExample] = []
     for row in read_rows(source, split=split):
         if row.record is None:
