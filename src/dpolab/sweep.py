@@ -1,9 +1,13 @@
 """`dpolab sweep`: the papers' ablations (β sweeps, layer choices) as one command.
 
-A grid of overrides, one training run per process, each run named by its values and written to
-its own folder; runs that already finished (their `summary.json` exists) are skipped, so an
-interrupted sweep continues where it stopped. Every config of the grid is checked before the
-first run starts.
+A grid of overrides, one training run per process, each run named by the values that vary and
+written to its own folder. A run counts as finished, and is skipped, only when its folder holds a
+`summary.json` and a `config.yaml` (what `dpolab train` writes: the resolved config) equal to the
+config the sweep would run (`training.output_dir` aside), so an interrupted sweep continues where it
+stopped. A folder that holds a run made with another config (or files that are not a run) stops the
+sweep before anything runs: the folder name alone does not say which fixed values made it, and
+someone's results are never overwritten. Every config of the grid is checked before the first run
+starts.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from dpolab.config import load_config, parse_override
+import yaml
+
+from dpolab.config import RunConfig, load_config, parse_override
 from dpolab.errors import DpolabError
 
 log = logging.getLogger("dpolab")
@@ -63,6 +70,48 @@ def run_name(overrides: list[str]) -> str:
     return "_".join(parts) or "base"
 
 
+def _comparable(values: Any) -> Any:
+    """A config as `config.yaml` holds it (YAML types), without `training.output_dir`: the folder is
+    the folder, however its path was written."""
+    values = yaml.safe_load(yaml.safe_dump(values, sort_keys=False))
+    if isinstance(values, dict) and isinstance(values.get("training"), dict):
+        values["training"].pop("output_dir", None)
+    return values
+
+
+def config_differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two configs differ, as `key: SAVED there, WANTED here`."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        out = []
+        for key in [*wanted, *(k for k in saved if k not in wanted)]:
+            missing = "(not set)"
+            out += config_differences(saved.get(key, missing), wanted.get(key, missing), f"{prefix}{key}.")
+        return out
+    if saved == wanted:
+        return []
+    return [f"{prefix.rstrip('.')}: {saved!r} there, {wanted!r} here"]
+
+
+def run_state(folder: Path, config: RunConfig) -> tuple[str, str | None]:
+    """What the folder of a run of the sweep holds: `("new", None)` (nothing), `("finished", None)`
+    (summary.json and the same config), `("unfinished", None)` (the same config, no summary.json:
+    it runs again), or `("other", why)` (another config, or files that are not a run)."""
+    saved_path = folder / "config.yaml"
+    if not saved_path.exists():
+        if folder.is_dir() and any(folder.iterdir()):
+            return "other", f"{folder} holds files but no config.yaml, so it is not a run of this sweep"
+        return "new", None
+    try:
+        saved = _comparable(yaml.safe_load(saved_path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return "other", f"{saved_path} cannot be read ({err}), so what made that run is not known"
+    differences = config_differences(saved, _comparable(config.to_dict()))
+    if differences:
+        shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+        return "other", f"{folder} holds a run made with another config ({shown})"
+    return ("finished" if (folder / "summary.json").exists() else "unfinished"), None
+
+
 def sweep(
     config_path: str, axes: list[str], *, out_dir: str | None = None, report: bool = True
 ) -> list[Path]:
@@ -74,12 +123,18 @@ def sweep(
     runs = []
     for combo in combos:  # check every config before the first run
         folder = root / run_name([combo[i] for i in varying])
-        load_config(config_path, [*combo, f"training.output_dir={folder}"])
-        runs.append((combo, folder))
-    if len({f for _, f in runs}) != len(runs):
+        runs.append((combo, folder, load_config(config_path, [*combo, f"training.output_dir={folder}"])))
+    if len({f for _, f, _ in runs}) != len(runs):
         raise DpolabError("two runs of the sweep would share a folder; give distinct values")
-    for n, (combo, folder) in enumerate(runs, start=1):
-        if (folder / "summary.json").exists():
+    states = [run_state(folder, config) for _, folder, config in runs]
+    conflicts = [why for state, why in states if state == "other"]
+    if conflicts:  # before any run: a sweep never overwrites a run it did not make
+        raise DpolabError(
+            "\n".join(conflicts) + "\nnothing was run and those folders are left as they are; sweep into "
+            "another folder (--out DIR), or move those runs away"
+        )
+    for n, ((combo, folder, _), (state, _)) in enumerate(zip(runs, states), start=1):
+        if state == "finished":
             log.info("sweep %d/%d: %s already finished, skipped", n, len(runs), folder)
             continue
         log.info("sweep %d/%d: %s (%s)", n, len(runs), folder, " ".join(combo))
@@ -98,7 +153,7 @@ def sweep(
                 f"sweep run {folder} failed (exit code {finished.returncode}); finished runs are kept, "
                 f"re-run the same command to continue"
             )
-    folders = [f for _, f in runs]
+    folders = [f for _, f, _ in runs]
     if report:
         from dpolab.report import write_report
 

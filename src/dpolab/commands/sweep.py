@@ -8,7 +8,9 @@ def register(subparsers) -> None:
         "sweep",
         help="run a grid of training configs, one process each, then report on them",
         description="Runs `dpolab train CONFIG` once per combination of the given values, each in its own "
-        "folder named by its values; finished runs are skipped, so a re-run continues.",
+        "folder named by the values that vary. A run whose folder holds summary.json and the same resolved "
+        "config.yaml is skipped, so a re-run continues; a folder holding a run made with another config "
+        "stops the sweep before anything runs (sweep into another --out).",
         epilog="Example: dpolab sweep dpo.yaml loss.beta=0.1,0.3,0.5 loss.intermediate_layers=[],[11,22]",
     )
     parser.add_argument("config", help="YAML config file")
