@@ -2,6 +2,9 @@
 
 Each test gives it a `reply(n, body) -> (status, headers, payload, delay)` function: n counts the
 requests from 0, body is the parsed request; payload is a dict (sent as JSON) or bytes (sent as is).
+The server records each request's body, headers (`headers[n]`, there before `reply` is called) and
+arrival time (`arrivals[n]`, time.monotonic()), and the most requests it has had in flight at once
+(`max_in_flight`: counted from arrival until the reply is sent).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class ChatServer:
     def __init__(self):
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.arrivals: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.reply = lambda n, body: (200, {}, chat_reply("[[C]]"), 0.0)
         self.lock = threading.Lock()
         server = self
@@ -50,6 +56,16 @@ class ChatServer:
                     n = len(server.requests)
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
+                    server.arrivals.append(time.monotonic())
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(n, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _answer(self, n, body):
                 status, headers, payload, delay = server.reply(n, body)
                 if delay:
                     time.sleep(delay)

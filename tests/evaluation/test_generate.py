@@ -17,6 +17,7 @@ from dpolab.evaluation.generate import (
     prompt_ids,
 )
 from dpolab.evaluation.loading import load_causal_lm
+from dpolab.tiny import build_tokenizer
 
 PROMPTS = [
     {"prompt": "What is the capital of France?", "id": "a"},
@@ -50,6 +51,28 @@ def test_chat_template_for_messages(tokenizer):
     ids = prompt_ids(tokenizer, [{"role": "user", "content": "hi"}])
     assert tokenizer.decode(ids) == "<s><|user|>\nhi</s>\n<|assistant|>\n"
     assert prompt_ids(tokenizer, "hi") == tokenizer("hi")["input_ids"]  # text: as training tokenises it
+
+
+def test_chat_template_option():
+    tok = build_tokenizer()  # with a small chat template
+    user_hi = [{"role": "user", "content": "hi"}]
+    chat = "<s><|user|>\nhi</s>\n<|assistant|>\n"
+    # auto: text as training tokenises it, messages through the template
+    assert prompt_ids(tok, "hi", chat_template="auto") == tok("hi")["input_ids"]
+    assert tok.decode(prompt_ids(tok, user_hi, chat_template="auto")) == chat
+    # always: a text prompt is one user message
+    assert tok.decode(prompt_ids(tok, "hi", chat_template="always")) == chat
+    assert prompt_ids(tok, user_hi, chat_template="always") == prompt_ids(tok, user_hi)
+    # never: messages as plain text (the judges' rendering), tokenised as text
+    assert prompt_ids(tok, user_hi, chat_template="never") == tok("hi")["input_ids"]
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert prompt_ids(tok, turns, chat_template="never") == tok("user: hi\n\nassistant: yo")["input_ids"]
+    plain = build_tokenizer(chat_template=False)
+    with pytest.raises(DpolabError, match=r"--chat-template always: the tokenizer .* has no chat template"):
+        prompt_ids(plain, "hi", chat_template="always")
+    assert prompt_ids(plain, user_hi, chat_template="never") == plain("hi")["input_ids"]
+    with pytest.raises(DpolabError, match="chat_template must be one of auto, always, never"):
+        GenerationSettings(chat_template="sometimes").check()
 
 
 def test_padding_does_not_change_greedy_answers(loaded):
@@ -108,6 +131,34 @@ def test_resume_refuses_other_prompts_or_settings(tmp_path, loaded):
     assert report.generated == 2
 
 
+def test_resume_checks_the_chat_template(tmp_path, loaded):
+    model, tokenizer = loaded
+    prompts = load_prompts(write_prompts(tmp_path / "p.jsonl"), limit=2)
+    out = tmp_path / "out.jsonl"
+    generate_answers(model, tokenizer, prompts[:1], out, settings=GenerationSettings(max_new_tokens=3))
+    assert json.loads(out.read_text())["generation"]["chat_template"] == "auto"
+    with pytest.raises(DpolabError, match="sampled with other settings"):
+        generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            out,
+            settings=GenerationSettings(max_new_tokens=3, chat_template="always"),
+        )
+    # a file written before the option existed was sampled as `auto` is: it resumes under auto
+    row = json.loads(out.read_text())
+    del row["generation"]["chat_template"]
+    out.write_text(json.dumps(row) + "\n")
+    report = generate_answers(model, tokenizer, prompts, out, settings=GenerationSettings(max_new_tokens=3))
+    assert (report.generated, report.resumed) == (1, 1)
+    # no chat template: `always` stops before anything is generated
+    plain = build_tokenizer(chat_template=False)
+    fresh = tmp_path / "fresh.jsonl"
+    with pytest.raises(DpolabError, match="has no chat template"):
+        generate_answers(model, plain, prompts, fresh, settings=GenerationSettings(chat_template="always"))
+    assert not fresh.exists()
+
+
 def test_cli(tmp_path, model_dir, capsys):
     prompts = write_prompts(tmp_path / "p.jsonl")
     out = tmp_path / "answers.jsonl"
@@ -134,6 +185,12 @@ def test_cli(tmp_path, model_dir, capsys):
     assert out.read_text() == first  # seeded
     rows = [json.loads(x) for x in first.splitlines()]
     assert rows[0]["generation"]["temperature"] == 0.3 and rows[0]["generation"]["repetition_penalty"] == 1.1
+    assert rows[0]["generation"]["chat_template"] == "auto"
+    always = tmp_path / "always.jsonl"
+    assert main([*args[:6], str(always), *args[7:], "--chat-template", "always"]) == 0
+    rows = [json.loads(x) for x in always.read_text().splitlines()]
+    assert all(r["generation"]["chat_template"] == "always" for r in rows)
+    capsys.readouterr()
     bad = write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no prompt here"}])
     assert main(["generate", "--model", str(model_dir), "--prompts", str(bad), "--output", str(out)]) == 2
     assert "bad.jsonl, row 2, field 'prompt': missing" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The openai: judge against a real chat-completions server on 127.0.0.1 (see conftest.py):
-verdicts, retries on 429/500, a bad key, malformed replies and timeouts, through the library and
-through `dpolab eval winrate`."""
+verdicts, concurrency, retries on 429/500 and their back-off, a bad key (never shown), malformed and
+text-less replies, a refused pair, timeouts, a custom judge prompt, through the library and through
+`dpolab eval winrate`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from chat_server import answers_in, chat_reply
 
 from dpolab.cli import main
 from dpolab.evaluation.answer_files import Answer
-from dpolab.evaluation.judges import JudgeError, build_judge
+from dpolab.evaluation.judges import JudgeError, JudgeRequest, build_judge
 from dpolab.evaluation.winrate import winrate
 
 KEY = "sk-test-SECRET-123"
@@ -113,20 +114,15 @@ def test_timeout(chat_server):
     assert result["wins"] == 1
 
 
-def test_cli_401_is_a_clear_error(chat_server, tmp_path, capsys):
-    def reply(n, body):
-        if n < 2:
-            return prefer_longer(n, body)
-        return 401, {}, {"error": {"message": "Incorrect API key provided"}}, 0.0
-
-    chat_server.reply = reply
+def winrate_args(tmp_path, url, *extra):
+    """`dpolab eval winrate` on A and B written as answer files, result r.json."""
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for path, items in ((a, A), (b, B)):
         path.write_text(
             "".join(json.dumps({"prompt": x.prompt, "completion": x.completion}) + "\n" for x in items)
         )
     out = tmp_path / "r.json"
-    args = [
+    return [
         "eval",
         "winrate",
         "--a",
@@ -136,14 +132,26 @@ def test_cli_401_is_a_clear_error(chat_server, tmp_path, capsys):
         "--judge",
         "openai:gpt-x",
         "--base-url",
-        chat_server.url,
+        url,
         "--output",
         str(out),
         "--concurrency",
         "1",
         "--backoff",
         "0.01",
+        *extra,
     ]
+
+
+def test_cli_401_is_a_clear_error(chat_server, tmp_path, capsys):
+    def reply(n, body):
+        if n < 2:
+            return prefer_longer(n, body)
+        return 401, {}, {"error": {"message": "Incorrect API key provided"}}, 0.0
+
+    chat_server.reply = reply
+    args = winrate_args(tmp_path, chat_server.url)
+    out = tmp_path / "r.json"
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "HTTP 401: Incorrect API key provided" in err and "OPENAI_API_KEY" in err
@@ -162,10 +170,149 @@ def test_cli_401_is_a_clear_error(chat_server, tmp_path, capsys):
     assert len(result["ci95"]) == 2
 
 
-def test_unreachable_endpoint(monkeypatch):
+def test_unreachable_endpoint(tmp_path, capsys):
     j = build_judge("openai:m", base_url="http://127.0.0.1:9/v1", backoff=0.01, max_retries=1, timeout=1)
     with pytest.raises(JudgeError, match="gave up after 2 attempts"):
         winrate(A[:1], B[:1], j)
+    # the message names no cache file that was never written
+    args = winrate_args(tmp_path, "http://127.0.0.1:9/v1", "--max-retries", "1", "--timeout", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "gave up after 2 attempts" in err and "no new judgement was made before it stopped" in err
+    assert "kept in" not in err and "judgements.jsonl" not in err
+    assert not (tmp_path / "r.judgements.jsonl").exists()
+
+
+def test_requests_overlap_under_concurrency(chat_server):
+    chat_server.reply = lambda n, body: (*prefer_longer(n, body)[:3], 0.3)
+    four_a, four_b = answers(["a", "bb", "ccc", "dddd"]), answers(["xx", "y", "zzzz", "w"])
+    result = winrate(four_a, four_b, judge(chat_server, concurrency=8))
+    assert len(chat_server.requests) == 8 and result["n_judged"] == 4
+    assert chat_server.max_in_flight > 1
+    # one at a time when told so (the count itself works)
+    chat_server.max_in_flight = 0
+    chat_server.reply = prefer_longer
+    winrate(four_a, four_b, judge(chat_server, concurrency=1))
+    assert chat_server.max_in_flight == 1
+
+
+def test_backoff_grows_without_retry_after(chat_server):
+    def reply(n, body):
+        if n < 3:
+            return 429, {}, {"error": {"message": "rate limited"}}, 0.0  # no Retry-After
+        return 200, {}, chat_reply("[[A]]"), 0.0
+
+    chat_server.reply = reply
+    j = judge(chat_server, backoff=0.15, max_retries=3)
+    assert j.judge(JudgeRequest("q", "x", "y")).verdict == "first"
+    t = chat_server.arrivals
+    gaps = [t[k + 1] - t[k] for k in range(3)]
+    # backoff·2^attempt: at least 0.15, 0.3, 0.6 s (a constant back-off would leave the last at 0.15)
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3 and gaps[2] >= 0.6
+    assert gaps[2] > gaps[0]
+
+
+def test_key_never_shown_even_when_the_server_echoes_it(chat_server, tmp_path, capsys):
+    def echo(n):
+        return f"you sent Authorization: {chat_server.headers[n]['Authorization']}"
+
+    def reply(n, body):
+        if n < 2:  # judgements whose reply text echoes the header
+            return 200, {}, chat_reply(f"{echo(n)} [[A]]"), 0.0
+        return 401, {}, {"error": {"message": echo(n)}}, 0.0
+
+    chat_server.reply = reply
+    assert main(winrate_args(tmp_path, chat_server.url)) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401: you sent Authorization: Bearer ***" in err
+    cache = (tmp_path / "r.judgements.jsonl").read_text()
+    assert len(cache.splitlines()) == 2 and "Bearer ***" in cache
+    assert KEY not in err and KEY not in cache
+    # the same for a reply that is not a chat completion, and for retried 5xx
+    for status, payload in ((200, lambda n: echo(n).encode()), (503, lambda n: {"error": echo(n)})):
+        chat_server.reply = lambda n, body, s=status, p=payload: (s, {}, p(n), 0.0)
+        with pytest.raises(JudgeError) as raised:
+            winrate(A, B, judge(chat_server, max_retries=1), cache=tmp_path / "r.judgements.jsonl")
+        assert "Bearer ***" in str(raised.value) and KEY not in str(raised.value)
+    assert KEY not in (tmp_path / "r.judgements.jsonl").read_text()
+
+
+def test_reply_without_text_is_unparsed(chat_server, tmp_path):
+    filtered = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "content_filter"}
+        ],
+    }
+    no_message = {"id": "y", "choices": [{"index": 0, "finish_reason": "content_filter"}]}
+
+    def reply(n, body):
+        if n == 0:
+            return 200, {}, filtered, 0.0
+        if n == 1:
+            return 200, {}, no_message, 0.0
+        return prefer_longer(n, body)
+
+    chat_server.reply = reply
+    result = winrate(A, B, judge(chat_server, concurrency=1), cache=tmp_path / "c.jsonl")
+    assert [p["outcome"] for p in result["pairs"]] == ["unparsed", "loss", "win"]
+    assert (result["pairs"][0]["a_first"], result["pairs"][0]["b_first"]) == ("unparsed", "unparsed")
+    entries = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    pair_0 = {e["first"]: e for e in entries if e["prompt"] == "question 0"}  # the raw replies kept
+    assert pair_0["a long answer"]["verdict"] == pair_0["short"]["verdict"] == "unparsed"
+    assert json.loads(pair_0["a long answer"]["raw"]) == filtered
+    assert json.loads(pair_0["short"]["raw"]) == no_message
+
+
+def test_refused_pair_is_named_and_judgements_kept(chat_server, tmp_path, capsys):
+    def reply(n, body):
+        if "another long answer" in body["messages"][0]["content"]:
+            return 400, {}, {"error": {"message": "maximum context length is 8 tokens"}}, 0.0
+        return prefer_longer(n, body)
+
+    chat_server.reply = reply
+    args = winrate_args(tmp_path, chat_server.url)
+    cache = tmp_path / "r.judgements.jsonl"
+    for run in range(2):  # a re-run stops at the same pair, with the same advice, losing nothing
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "HTTP 400: maximum context length is 8 tokens" in err
+        assert (
+            f"it stopped at pair 3 of 3 ({tmp_path / 'a.jsonl'}, row 3 and {tmp_path / 'b.jsonl'}, row 3"
+            in err
+        )
+        assert "leave that row out of both files (--limit 2 judges only the pairs before it)" in err
+        made = (
+            "4 new judgement(s) made before it stopped, kept in" if run == 0 else "no new judgement was made"
+        )
+        assert made in err and "Traceback" not in err
+        assert len(cache.read_text().splitlines()) == 4  # pairs 1 and 2, both orders
+    assert main([*args, "--limit", "2"]) == 0
+    assert "0 new judgement(s), 4 from the cache" in capsys.readouterr().out
+
+
+def test_custom_judge_prompt_reaches_the_server(chat_server, tmp_path, capsys):
+    template = (
+        "CUSTOM RUBRIC 7. Question: {question}\nFirst: {answer_a}\nSecond: {answer_b}\nSay [[A]] or [[B]]."
+    )
+    (tmp_path / "judge.txt").write_text(template)
+
+    def reply(n, body):
+        content = body["messages"][0]["content"]
+        first = content.split("First: ")[1].split("\n")[0]
+        second = content.split("Second: ")[1].split("\n")[0]
+        return 200, {}, chat_reply("[[A]]" if len(first) > len(second) else "[[B]]"), 0.0
+
+    chat_server.reply = reply
+    assert main(winrate_args(tmp_path, chat_server.url, "--judge-prompt", str(tmp_path / "judge.txt"))) == 0
+    sent = [r["messages"][0]["content"] for r in chat_server.requests]
+    assert len(sent) == 6
+    assert sent[0] == template.format(question="question 0", answer_a="a long answer", answer_b="short")
+    assert sent[1] == template.format(question="question 0", answer_a="short", answer_b="a long answer")
+    assert all(s.startswith("CUSTOM RUBRIC 7.") and "helpfulness" not in s for s in sent)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert (result["wins"], result["losses"]) == (2, 1)
 
 
 def test_key_required_for_the_openai_endpoint(monkeypatch):

@@ -18,6 +18,7 @@ from dpolab.evaluation.tasks import (
     evaluate_generation,
     evaluate_tasks,
     gsm8k_metrics,
+    harness_metrics,
     hellaswag_doc,
     load_task,
     run_harness,
@@ -203,3 +204,41 @@ def test_gsm8k_generation_runs(tmp_path, tokenizer):
 def test_harness_bridge_says_it_is_missing():
     with pytest.raises(DpolabError, match="lm-evaluation-harness is not installed"):
         run_harness("some/model", ["arc_challenge"])
+
+
+def test_harness_metrics_keep_both_gsm8k_filters_apart():
+    # the shape of lm_eval.simple_evaluate's result (v0.4): METRIC,FILTER keys, "N/A" stderrs
+    out = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": 0.02,
+                "exact_match,flexible-extract": 0.5,
+                "exact_match_stderr,flexible-extract": 0.03,
+            },
+            "arc_challenge": {
+                "alias": "arc_challenge",
+                "acc,none": 0.4,
+                "acc_stderr,none": 0.01,
+                "acc_norm,none": 0.45,
+                "acc_norm_stderr,none": "N/A",
+            },
+            "other": {"exact_match,get-answer": 0.1, "exact_match_stderr,get-answer": 0.01},
+        },
+        "n-samples": {"gsm8k": {"original": 1319, "effective": 100}, "arc_challenge": {"original": 1172}},
+    }
+    tasks = harness_metrics(out)
+    # the names dpolab's own gsm8k and arc results use
+    assert tasks["gsm8k"] == {
+        "exact_match": 0.25,
+        "exact_match_stderr": 0.02,
+        "exact_match_flexible": 0.5,
+        "exact_match_flexible_stderr": 0.03,
+        "n": 100,
+    }
+    assert tasks["arc_challenge"] == {"acc": 0.4, "acc_stderr": 0.01, "acc_norm": 0.45}
+    assert tasks["other"] == {"exact_match_get_answer": 0.1, "exact_match_get_answer_stderr": 0.01}
+    # two keys that would share a name keep lm-eval's own keys
+    clash = harness_metrics({"results": {"t": {"acc,none": 0.1, "acc,strict-match": 0.2}}})
+    assert clash == {"t": {"acc,none": 0.1, "acc,strict-match": 0.2}}

@@ -9,7 +9,7 @@ import pytest
 
 from dpolab.errors import DpolabError
 from dpolab.evaluation.answer_files import Answer, load_answers
-from dpolab.evaluation.judges import ExactJudge, Judge, Judgement, parse_verdict
+from dpolab.evaluation.judges import ExactJudge, Judge, JudgeError, Judgement, parse_verdict
 from dpolab.evaluation.winrate import (
     JudgementCache,
     bootstrap_ci,
@@ -150,6 +150,43 @@ def test_cache_survives_a_half_written_line(tmp_path):
     winrate(a, b, judge, cache=tmp_path / "c.jsonl")
     assert judge.calls == 4
     assert (tmp_path / "c.jsonl").read_text().endswith("\n")
+
+
+class StopsJudge(LongerJudge):
+    """Stops (a `JudgeError`) at its call number `at`, counted from 0."""
+
+    spec = "test:stops"
+
+    def __init__(self, at, about_request=False):
+        super().__init__()
+        self.at, self.about_request = at, about_request
+
+    def judge(self, request):
+        if self.calls == self.at:
+            raise JudgeError("judge gone", about_request=self.about_request)
+        return super().judge(request)
+
+
+def test_a_stopped_judge_names_the_pair_and_keeps_what_it_made(tmp_path):
+    a = answers(["long answer one", "s", "x"])
+    b = answers(["short", "longer answer", "yy"])
+    with pytest.raises(JudgeError) as err:
+        winrate(a, b, StopsJudge(3), cache=tmp_path / "c.jsonl", sources=("a.jsonl", "b.jsonl"))
+    message = str(err.value)
+    assert message.startswith(
+        "judge gone\nit stopped at pair 2 of 3 (a.jsonl, row 2 and b.jsonl, row 2; B shown first)"
+    )
+    assert "3 new judgement(s) made before it stopped, kept in" in message
+    assert "refused that request" not in message  # not about the request: no advice on the row
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 3
+    # no judgement made and no cache written: the message mentions no file
+    with pytest.raises(JudgeError) as err:
+        winrate(a, b, StopsJudge(0, about_request=True), cache=tmp_path / "new.jsonl")
+    message = str(err.value)
+    assert "it stopped at pair 1 of 3 (A, row 1 and B, row 1; A shown first)" in message
+    assert "leave that row out of both files\n" in message and "--limit" not in message
+    assert "no new judgement was made before it stopped; run the same command again" in message
+    assert "new.jsonl" not in message and not (tmp_path / "new.jsonl").exists()
 
 
 def test_unparsed_verdicts():

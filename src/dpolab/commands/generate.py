@@ -27,6 +27,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-prompt-length", type=int, help="keep only the last N prompt tokens")
+    p.add_argument(
+        "--chat-template",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="auto: messages through the tokenizer's chat template, text prompts as training tokenises "
+        "them (default); always: text prompts too, as one user message; never: messages as plain text",
+    )
     p.add_argument("--limit", type=int, help="answer only the first N prompts")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--device", default="auto")
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         max_prompt_length=args.max_prompt_length,
+        chat_template=args.chat_template,
     )
     settings.check()
     prompts = load_prompts(args.prompts, prompt_field=args.prompt_field, limit=args.limit)

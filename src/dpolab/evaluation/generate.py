@@ -1,8 +1,15 @@
 """Sampling answers to prompts with `transformers`' `generate`: batched, seeded and resumable.
 
 Defaults are the papers' (Intermediate DPO, Table 1 and §4): temperature 0.3, repetition penalty
-1.1. Prompts given as messages go through the tokenizer's chat template with the generation
-prompt; text prompts are tokenised as training tokenises them (special tokens included).
+1.1. The chat template (`chat_template`):
+- `auto` (default): prompts given as messages go through the tokenizer's chat template with the
+  generation prompt; text prompts are tokenised as training tokenises them (special tokens
+  included), so a model trained on standard-format (text) pairs is asked as it was trained.
+- `always`: a text prompt is taken as one user message and goes through the chat template too
+  (an error if the tokenizer has none): for a chat model asked with plain-text prompts.
+- `never`: no chat template; messages are written as plain text the way the judges see them
+  (`prompt_text`: a single user message is its content, a conversation `role: content` turns)
+  and tokenised as text: for a base model asked with conversational prompt files.
 
 Resuming: every batch is appended to the output as soon as it is done, so an interrupted run
 leaves whole batches behind (a half-written last line is cut off on the next start). A new run
@@ -24,7 +31,9 @@ from dpolab.data.formats import Text
 from dpolab.data.io import write_jsonl_atomic
 from dpolab.data.tokenize import _ids as text_or_chat_ids
 from dpolab.errors import DpolabError, where
-from dpolab.evaluation.answer_files import PromptRow, prompt_key
+from dpolab.evaluation.answer_files import PromptRow, prompt_key, prompt_text
+
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -39,8 +48,13 @@ class GenerationSettings:
     batch_size: int = 8
     seed: int = 0
     max_prompt_length: int | None = None
+    chat_template: str = "auto"  # one of CHAT_TEMPLATE_MODES
 
     def check(self) -> None:
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise DpolabError(
+                f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, not {self.chat_template!r}"
+            )
         if self.max_new_tokens < 1:
             raise DpolabError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.temperature < 0:
@@ -62,9 +76,26 @@ class GenerationReport:
     resumed: int  # answers already in the output
 
 
-def prompt_ids(tokenizer, prompt: Text, *, max_prompt_length: int | None = None) -> list[int]:
-    """Token ids of a prompt as training renders it: messages through the chat template with the
-    generation prompt, text with the tokenizer's special tokens; the last `max_prompt_length` kept."""
+def check_chat_template(tokenizer, mode: str) -> None:
+    """`always` needs a tokenizer with a chat template; say so before anything is generated."""
+    if mode == "always" and not getattr(tokenizer, "chat_template", None):
+        raise DpolabError(
+            f"--chat-template always: the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
+            f"template; use --chat-template auto (text prompts as text) or a tokenizer with one"
+        )
+
+
+def prompt_ids(
+    tokenizer, prompt: Text, *, max_prompt_length: int | None = None, chat_template: str = "auto"
+) -> list[int]:
+    """Token ids of a prompt, rendered as `chat_template` says (module docstring; `auto` is as
+    training renders it: messages through the chat template with the generation prompt, text with
+    the tokenizer's special tokens); the last `max_prompt_length` kept."""
+    if chat_template == "always" and isinstance(prompt, str):
+        check_chat_template(tokenizer, chat_template)
+        prompt = [{"role": "user", "content": prompt}]
+    elif chat_template == "never" and isinstance(prompt, list):
+        prompt = prompt_text(prompt)
     ids = text_or_chat_ids(tokenizer, prompt, generation_prompt=True)
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         ids = ids[-max_prompt_length:]
@@ -123,7 +154,12 @@ def generate_batch(
     model, tokenizer, prompts: Sequence[Text], settings: GenerationSettings, *, seed: int
 ) -> list[str]:
     """One batch of completions of prompts (text or messages)."""
-    rows = [prompt_ids(tokenizer, p, max_prompt_length=settings.max_prompt_length) for p in prompts]
+    rows = [
+        prompt_ids(
+            tokenizer, p, max_prompt_length=settings.max_prompt_length, chat_template=settings.chat_template
+        )
+        for p in prompts
+    ]
     return generate_from_ids(model, tokenizer, rows, settings, seed=seed)
 
 
@@ -167,7 +203,10 @@ def _check_resumable(
                 f"{where(path, number, 'prompt')}: differs from prompt {index} of the prompt file; the output was "
                 f"written for other prompts (use another --output, or --overwrite)"
             )
-        if record.get("generation") != settings.recorded():
+        recorded = record.get("generation")
+        if isinstance(recorded, dict) and "chat_template" not in recorded:
+            recorded = {**recorded, "chat_template": "auto"}  # written before the option existed
+        if recorded != settings.recorded():
             raise DpolabError(
                 f"{where(path, number, 'generation')}: was sampled with other settings ({record.get('generation')}); "
                 f"resume with the same settings, or use another --output, or --overwrite"
@@ -194,6 +233,7 @@ def generate_answers(
     other fields}`, in prompt order.
     """
     settings.check()
+    check_chat_template(tokenizer, settings.chat_template)
     path = Path(output)
     if overwrite and path.exists():
         path.unlink()

@@ -33,7 +33,17 @@ PLACEHOLDERS = ("{question}", "{answer_a}", "{answer_b}")
 
 
 class JudgeError(DpolabError):
-    """A judge that cannot go on (bad key, unreachable endpoint, malformed replies)."""
+    """A judge that cannot go on (bad key, unreachable endpoint, malformed replies).
+
+    `request_index`: the position, among the requests given to `judge_many`, of the request it
+    stopped at (None when not known). `about_request`: True when the judge refused that request
+    itself (e.g. too long for its context), not its own setup, so the user can act on that pair.
+    """
+
+    def __init__(self, message: str, *, about_request: bool = False):
+        super().__init__(message)
+        self.about_request = about_request
+        self.request_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,14 @@ class Judge:
     def judge_many(
         self, requests: Sequence[JudgeRequest], on_result: Callable[[int, Judgement], None]
     ) -> None:
+        """Judge each request in turn; a `JudgeError` says which request it stopped at."""
         for i, request in enumerate(requests):
-            on_result(i, self.judge(request))
+            try:
+                judgement = self.judge(request)
+            except JudgeError as err:
+                err.request_index = i
+                raise
+            on_result(i, judgement)
 
 
 def reference_answer(text: str | None) -> str | None:

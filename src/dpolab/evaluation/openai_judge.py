@@ -7,10 +7,14 @@ Faults:
 - 429 and 5xx replies, connection failures and timeouts are retried `max_retries` times with
   exponential back-off (`backoff`·2^attempt seconds, or the server's Retry-After when it sends one,
   at most 60 s); then the judge stops with a `JudgeError`.
-- 401/403 (bad key) and other 4xx replies stop the judge at once with the server's message.
-- A 200 reply that is not a chat completion (not JSON, no `choices[0].message.content`) stops the
-  judge at once: it usually means that --base-url points at something else.
-- A well-formed reply without a readable verdict is a judgement, `unparsed`, not an error.
+- 401/403 (bad key) and other 4xx replies stop the judge at once with the server's message (a 4xx
+  may be a setup error, so it is not skipped); a 400, 413 or 422 is marked as being about that one
+  request (`JudgeError.about_request`), so that the caller can name the pair it stopped at.
+- A 200 reply that is not a chat completion (not JSON, no `choices[0]`) stops the judge at once:
+  it usually means that --base-url points at something else.
+- A well-formed reply without a readable verdict is a judgement, `unparsed`, not an error; so is a
+  chat completion without text (`content: null`, e.g. a content filter or a refusal), kept with
+  the whole reply as its raw text.
 When the judge stops, the judgements already returned have been handed to the caller (and so
 cached); requests not yet sent are not sent.
 """
@@ -39,6 +43,8 @@ from dpolab.evaluation.judges import (
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# refusals of one request's content (too long, malformed) rather than of the judge's setup
+REQUEST_STATUS = frozenset({400, 413, 422})
 MAX_WAIT = 60.0
 
 
@@ -101,8 +107,12 @@ class OpenAIJudge(Judge):
                 pass
         return min(MAX_WAIT, self.backoff * 2**attempt)
 
-    def complete(self, content: str) -> str:
-        """The reply text to one user message."""
+    def complete(self, content: str) -> str | None:
+        """The reply text to one user message (None: a chat completion without text)."""
+        return self._content(self._post(content))
+
+    def _post(self, content: str) -> bytes:
+        """The body of the server's 200 reply to one user message, after retries."""
         payload: dict = {
             "model": self.model,
             "messages": [{"role": "user", "content": content}],
@@ -120,8 +130,7 @@ class OpenAIJudge(Judge):
             retry_after = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
-                return self._content(body)
+                    return response.read()
             except urllib.error.HTTPError as err:
                 message = self._server_message(err.read())
                 if err.code in (401, 403):
@@ -130,7 +139,10 @@ class OpenAIJudge(Judge):
                         f"{self.api_key_env}"
                     ) from None
                 if err.code not in RETRY_STATUS:
-                    raise JudgeError(f"{self.url} answered HTTP {err.code}: {message}") from None
+                    raise JudgeError(
+                        f"{self.url} answered HTTP {err.code}: {message}",
+                        about_request=err.code in REQUEST_STATUS,
+                    ) from None
                 last = f"HTTP {err.code}: {message}"
                 retry_after = err.headers.get("Retry-After") if err.headers else None
             except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
@@ -146,14 +158,20 @@ class OpenAIJudge(Judge):
                 time.sleep(self._wait(attempt, retry_after))
         raise JudgeError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last})")
 
-    def _content(self, body: bytes) -> str:
+    def _content(self, body: bytes) -> str | None:
+        """`choices[0].message.content` of a chat completion; None when the completion has no
+        text (content null or absent, or no message after a content filter)."""
         try:
             data = json.loads(body)
-            content = data["choices"][0]["message"]["content"]
-            if not isinstance(content, str):
-                raise TypeError
-            return content
-        except (ValueError, KeyError, IndexError, TypeError):
+            choice = data["choices"][0]
+            message = choice.get("message")
+            if message is None and choice.get("finish_reason") == "content_filter":
+                return None
+            content = message.get("content")
+            if content is None or isinstance(content, str):
+                return content
+            raise TypeError
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             shown = self._scrub(body[:200].decode("utf-8", errors="replace"))
             raise JudgeError(
                 f"{self.url} sent a reply that is not a chat completion ({shown!r}); is --base-url right?"
@@ -162,7 +180,11 @@ class OpenAIJudge(Judge):
     # -- the Judge interface --------------------------------------------------------------------
 
     def judge(self, request: JudgeRequest) -> Judgement:
-        reply = self.complete(render_judge_prompt(self.template, request))
+        body = self._post(render_judge_prompt(self.template, request))
+        reply = self._content(body)
+        if reply is None:  # no text to read a verdict from: keep the whole reply
+            return Judgement("unparsed", self._scrub(body.decode("utf-8", errors="replace")))
+        reply = self._scrub(reply)  # a server that echoes the request headers must not leak the key
         return Judgement(parse_verdict(reply), reply)
 
     def judge_many(
@@ -173,18 +195,19 @@ class OpenAIJudge(Judge):
         the first error is raised."""
         stop = threading.Event()
 
-        def task(request: JudgeRequest) -> Judgement | None:
+        def task(index: int, request: JudgeRequest) -> Judgement | None:
             if stop.is_set():
                 return None
             try:
                 return self.judge(request)
-            except JudgeError:
+            except JudgeError as err:
+                err.request_index = index
                 stop.set()
                 raise
 
         error: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            pending = {pool.submit(task, r): i for i, r in enumerate(requests)}
+            pending = {pool.submit(task, i, r): i for i, r in enumerate(requests)}
             try:
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_EXCEPTION)

@@ -374,12 +374,45 @@ def run_harness(
         device=resolve_device(device),
     )
     result = result_header("tasks")
-    tasks_out = {}
-    for name, metrics in (out or {}).get("results", {}).items():
-        clean = {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, int | float)}
-        tasks_out[name] = {k: clean[k] for k in clean}
-    result.update({"model": model_path, "backend": "lm-evaluation-harness", "tasks": tasks_out})
+    result.update({"model": model_path, "backend": "lm-evaluation-harness", "tasks": harness_metrics(out)})
     return result
+
+
+# lm-eval's filters whose metric keeps dpolab's plain name, and those that get a suffix
+_PLAIN_FILTERS = ("none", "strict-match")
+_FILTER_SUFFIX = {"flexible-extract": "_flexible"}
+
+
+def harness_metric_name(key: str) -> str:
+    """dpolab's name of an lm-eval metric key `METRIC,FILTER`: `acc,none` -> `acc`,
+    `exact_match,strict-match` -> `exact_match`, `exact_match,flexible-extract` ->
+    `exact_match_flexible`, and their `_stderr` alike (`exact_match_stderr,flexible-extract` ->
+    `exact_match_flexible_stderr`, as dpolab's own gsm8k names it); another filter F is appended
+    as `_F` (non-alphanumerics as `_`), before `_stderr`."""
+    metric, _, filter_name = key.partition(",")
+    stderr = metric.endswith("_stderr")
+    base = metric[: -len("_stderr")] if stderr else metric
+    if filter_name and filter_name not in _PLAIN_FILTERS:
+        base += _FILTER_SUFFIX.get(filter_name) or "_" + re.sub(r"[^A-Za-z0-9]+", "_", filter_name).strip("_")
+    return base + ("_stderr" if stderr else "")
+
+
+def harness_metrics(out: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per task, the numeric metrics of an `lm_eval.simple_evaluate` result under dpolab's names
+    (`harness_metric_name`), with `n` (documents scored) from its `n-samples` when given. Two keys
+    that would get the same name keep lm-eval's full keys instead, so that nothing is lost."""
+    out = out or {}
+    samples = out.get("n-samples") or {}
+    tasks: dict[str, dict[str, Any]] = {}
+    for task, metrics in (out.get("results") or {}).items():
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        names = {k: harness_metric_name(k) for k in numeric}
+        clashing = {n for n in names.values() if list(names.values()).count(n) > 1}
+        tasks[task] = {(k if names[k] in clashing else names[k]): v for k, v in numeric.items()}
+        counts = samples.get(task)
+        if isinstance(counts, dict) and isinstance(counts.get("effective"), int):
+            tasks[task].setdefault("n", counts["effective"])
+    return tasks
 
 
 def tasks_table(result: Mapping[str, Any]) -> str:

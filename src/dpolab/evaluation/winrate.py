@@ -243,10 +243,8 @@ def winrate(
         judge.judge_many([requests[i] for i in todo], on_result)
     except JudgeError as err:
         made = sum(v is not None for v in verdicts) - cached
-        kept = f"kept in {cache.path}" if cache is not None else "not cached (no cache file)"
         raise JudgeError(
-            f"{err}\n{made} new judgement(s) made before it stopped ({cached} from the cache), {kept}; "
-            f"run the same command again to continue"
+            _stopped_message(err, todo, a, b, sources, made=made, cached=cached, cache=cache)
         ) from None
     pairs, outcomes = [], []
     for p, (x, y) in enumerate(zip(a, b)):
@@ -278,6 +276,43 @@ def winrate(
         }
     )
     return result
+
+
+def _stopped_message(
+    err: JudgeError,
+    todo: list[int],
+    a: list[Answer],
+    b: list[Answer],
+    sources: tuple[str, str],
+    *,
+    made: int,
+    cached: int,
+    cache: JudgementCache | None,
+) -> str:
+    """The judge's error, the pair it stopped at (when known), and what became of the judgements."""
+    lines = [str(err)]
+    if err.request_index is not None:
+        i = todo[err.request_index]
+        p, order = i // 2, ("A shown first" if i % 2 == 0 else "B shown first")
+        lines.append(
+            f"it stopped at pair {p + 1} of {len(a)} ({where(sources[0], a[p].row)} and "
+            f"{where(sources[1], b[p].row)}; {order})"
+        )
+        if err.about_request:
+            limit = f" (--limit {p} judges only the pairs before it)" if p else ""
+            lines.append(
+                "the judge refused that request itself (e.g. longer than its context): shorten that answer "
+                f"or leave that row out of both files{limit}"
+            )
+    if made == 0:
+        kept = "no new judgement was made before it stopped"
+    elif cache is None:
+        kept = f"{made} new judgement(s) made before it stopped, not kept (no cache file)"
+    else:
+        kept = f"{made} new judgement(s) made before it stopped, kept in {cache.path}"
+    from_cache = f" ({cached} from the cache {cache.path})" if cached and cache is not None else ""
+    lines.append(f"{kept}{from_cache}; run the same command again to continue")
+    return "\n".join(lines)
 
 
 def winrate_table(result: dict[str, Any]) -> str:
