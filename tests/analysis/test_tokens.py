@@ -116,3 +116,15 @@ def test_cli(tmp_path, model_dir, capsys):
     assert result["m"]["zero"] == 0
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert "chosen from m" in capsys.readouterr().out
+
+
+def test_cli_bad_row_names_the_flag(tmp_path, model_dir, capsys):
+    """A bad pair stops `dpolab analyze` with file, row and field, and advises the command's own
+    flag (not the training config's key)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "What is 2 + 2?", "chosen": " 4", "rejected": " 4"}) + "\n")
+    args = ["analyze", "tokens", "--model", f"dpo={model_dir}", "--reference", str(model_dir)]
+    assert main([*args, "--pairs", str(pairs), "--output", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.jsonl, row 1, field 'rejected'" in err and "pass --on-bad-rows skip" in err
+    assert "data.on_bad_rows" not in err

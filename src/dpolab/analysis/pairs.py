@@ -11,7 +11,7 @@ import torch
 
 from dpolab.collate import PairCollator, batch_targets
 from dpolab.data.formats import BadRow
-from dpolab.data.pairs import BadRowPolicy, load_pairs
+from dpolab.data.pairs import CONFIG_SKIP_HINT, BadRowPolicy, load_pairs
 from dpolab.data.tokenize import TokenizedPair, tokenize_pair
 from dpolab.errors import DpolabError
 from dpolab.evaluation.loading import model_device
@@ -29,10 +29,12 @@ def load_tokenized_pairs(
     max_length: int | None = None,
     max_prompt_length: int | None = None,
     on_bad_rows: str = "error",
+    skip_hint: str = CONFIG_SKIP_HINT,
 ) -> list[TokenizedPair]:
-    """The pairs of a preference file tokenised with `dpolab.data.tokenize.tokenize_pair`."""
-    examples, _ = load_pairs(source, on_bad_rows=on_bad_rows, limit=limit)
-    policy = BadRowPolicy(source, on_bad_rows)
+    """The pairs of a preference file tokenised with `dpolab.data.tokenize.tokenize_pair`
+    (`skip_hint`: a bad row's advice on how to skip such rows, as `dpolab.data.pairs.load_pairs`)."""
+    examples, _ = load_pairs(source, on_bad_rows=on_bad_rows, limit=limit, skip_hint=skip_hint)
+    policy = BadRowPolicy(source, on_bad_rows, skip_hint=skip_hint)
     pairs = []
     for example in examples:
         try:

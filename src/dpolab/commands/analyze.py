@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpolab.data.pairs import FLAG_SKIP_HINT
 from dpolab.errors import DpolabError
 
 
@@ -88,6 +89,7 @@ def _load(args: argparse.Namespace):
         max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
         on_bad_rows=args.on_bad_rows,
+        skip_hint=FLAG_SKIP_HINT,
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return models, reference, pairs, pad
