@@ -341,3 +341,33 @@ def test_trains_on_a_builder_and_on_a_weighted_mixture(tmp_path, model_dir):
     # "sum": the mixture has as many pairs as the sources together (6 + 20), 3:1 by weight, so the
     # six pairs of ROWS are repeated to fill their share; tokenisation may skip over-long HH rows
     assert summary["pairs"]["train"] + summary["skipped_rows"] == len(ROWS) + 20
+
+
+def test_builder_runs_read_data_eval_as_their_own_eval_data(tmp_path, model_dir):
+    """With `data.builder` + `data.source` for training, `data.eval` is read on its own: a pairs
+    file, or a list of specs that may build pairs (never the training source again)."""
+    from dpolab.data.builders import build_pairs
+
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", ROWS[:4])
+    hellaswag = FIXTURES / "hellaswag_train.jsonl"
+    for name, eval_spec, expected in [
+        ("file", str(eval_file), 4),
+        (
+            "built",
+            [{"path": str(hellaswag), "builder": "hellaswag"}],
+            len(build_pairs("hellaswag", hellaswag)[0]),
+        ),
+    ]:
+        values = base_config(tmp_path, model_dir, "unused")
+        values["data"] = {
+            "builder": "arc",
+            "source": str(FIXTURES / "arc_challenge_train.jsonl"),
+            "eval": eval_spec,
+            "max_length": 128,
+            "max_prompt_length": 96,
+        }
+        values["training"].update(output_dir=str(tmp_path / name), per_device_train_batch_size=8)
+        summary = run(config_from_dict(values))
+        assert summary["pairs"]["train"] >= 3 * 18, name
+        assert summary["pairs"]["eval"] == expected, name
+        assert "loss" in summary["last_eval"], name

@@ -100,6 +100,22 @@ def test_skip_bad_rows_counts_them_by_reason(tmp_path, model_dir, capsys):
     assert summary["skipped_rows"] == 3 and summary["pairs"]["train"] == 3
 
 
+def test_rows_skipped_at_loading_and_at_tokenisation_make_one_report_per_file(tmp_path, model_dir, capsys):
+    lines = good_rows(6)
+    lines[1] = BAD_ROWS[0][0]  # not valid JSON: skipped while loading
+    lines[3] = BAD_ROWS[-1][0]  # the prompt alone is too long: skipped while tokenising
+    train = write_lines(tmp_path / "train.jsonl", lines)
+    config = write_config(tmp_path, model_dir, train, data={"on_bad_rows": "skip", "max_prompt_length": None})
+    assert main(["train", str(config)]) == 0
+    report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
+    assert [r["source"] for r in report] == [str(train)]
+    assert [r["row"] for r in report[0]["rows"]] == [2, 4] and report[0]["skipped"] == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert said == [
+        f"dpolab: {train}: skipped 2 bad rows ({'; '.join(f'1 × {k}' for k in report[0]['by_reason'])})"
+    ]
+
+
 def test_layer_outside_the_model_fails_before_weights_load(tmp_path, tokenizer, capsys):
     # a model folder with a config and a tokenizer but no weights: only the config may be read
     folder = tmp_path / "config-only"
@@ -181,6 +197,8 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, model_dir):
         x["step"] for x in _lines(killed / "metrics.jsonl")
     ) == 4
 
+    with (killed / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "split": "train", "lo')  # a kill in the middle of a write
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(values(killed)))
     assert main(["train", str(config), f"training.resume_from_checkpoint={killed / 'checkpoint-3'}"]) == 0
@@ -189,6 +207,20 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, model_dir):
     for a, b in zip(whole[3:], resumed[3:]):
         for key in ("loss", "rewards/margins", "rewards/accuracies", "layers/2/loss", "logps/chosen"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_nothing_else():
+    from dpolab.callbacks import lines_up_to
+
+    whole = ['{"step": 1, "split": "train"}', '{"step": 2, "split": "eval"}', '{"step": 3, "split": "train"}']
+    text = "\n".join(whole) + "\n"
+    assert lines_up_to(text, 2) == (whole[:2], False)
+    assert lines_up_to(text + '{"step": 4, "spl', 3) == (whole, True)
+    with pytest.raises(DpolabError, match="line 2: not valid JSON"):
+        lines_up_to(whole[0] + '\n{"step": 2\n' + whole[2] + "\n", 3, source="metrics.jsonl")
+    # a last line with its newline was written whole: unreadable, it is not a torn write
+    with pytest.raises(DpolabError, match="line 3: not valid JSON"):
+        lines_up_to(text.replace(whole[2], '{"step": 3,'), 3)
 
 
 class PoisonAt(TrainerCallback):
@@ -227,25 +259,87 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mode
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_non_finite_loss_with_epoch_saves_keeps_no_bad_checkpoint(tmp_path, model_dir):
+    """With logging and saving by epoch the Trainer decides to save at the epoch's end, not at a
+    step's: the bad epoch must not be saved, nor the run go on to later epochs."""
+    train = write_lines(tmp_path / "train.jsonl", good_rows(8))
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "num_train_epochs": 3,
+            "per_device_train_batch_size": 2,  # 4 steps per epoch
+            "logging_strategy": "epoch",
+            "save_strategy": "epoch",
+            "disable_tqdm": True,
+        },
+    }
+    stepped = []
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stepped.append(state.global_step)
+
+    with pytest.raises(DpolabError) as err:
+        run(config_from_dict(values), callbacks=(PoisonAt(6), Steps()))  # step 6: in the second epoch
+    message = str(err.value)
+    assert "the loss became non-finite at step 6" in message
+    assert f"the last good checkpoint is {tmp_path / 'out' / 'checkpoint-4'}" in message
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert max(stepped) == 8  # stopped at the end of the second epoch, its first check
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_last_good_checkpoint_is_the_last_before_the_bad_step(tmp_path):
+    from dpolab.runner import last_checkpoint_before
+
+    for name in ("checkpoint-2", "checkpoint-5", "checkpoint-6", "checkpoint-10", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-4").write_text("not a folder")
+    # checkpoint-6 holds the weights after step 6's update, checkpoint-10 is from an earlier run
+    assert last_checkpoint_before(tmp_path, 6) == tmp_path / "checkpoint-5"
+    assert last_checkpoint_before(tmp_path, 3) == tmp_path / "checkpoint-2"
+    assert last_checkpoint_before(tmp_path, 2) is None
+
+
 def test_early_stopping_keeps_the_peak(tmp_path, model_dir):
+    """The peak of eval rewards/accuracies comes after the first evaluation (warm-up: the first
+    update has learning rate 0, so the first evaluation sees policy = reference, accuracy 0); the
+    run stops `patience` evaluations after it, and the model saved is the peak's checkpoint."""
+    from safetensors.torch import load_file
+
     train = write_lines(tmp_path / "train.jsonl", good_rows(12))
+    patience = 2
     values = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16, "eval_size": 4},
-        "early_stopping": {"patience": 2},
+        "early_stopping": {"patience": patience},
         "training": {
             "output_dir": str(tmp_path / "out"),
             "max_steps": 20,
             "logging_steps": 1,
             "eval_steps": 1,
-            "learning_rate": 0.0,
+            "learning_rate": 5e-3,
+            "warmup_steps": 2,
+            "per_device_train_batch_size": 4,
             "disable_tqdm": True,
         },
     }
     summary = run(config_from_dict(values))
-    # with a learning rate of 0 the first evaluation is the peak; two more without a new one stop the run
-    assert summary["global_step"] == 3
-    assert summary["best_checkpoint"].endswith("checkpoint-1")
     evals = [x for x in _lines(tmp_path / "out" / "metrics.jsonl") if x["split"] == "eval"]
-    assert [x["step"] for x in evals] == [1, 2, 3]
-    assert summary["best_metric"] == pytest.approx(evals[0]["rewards/accuracies"])
+    accuracies = [x["rewards/accuracies"] for x in evals]
+    peak = accuracies.index(max(accuracies))  # the first evaluation at the highest value
+    assert accuracies[0] == 0 and peak > 0, accuracies
+    assert len(evals) == peak + 1 + patience  # then `patience` evaluations without a new peak
+    assert summary["global_step"] == evals[-1]["step"] < 20
+    best = tmp_path / "out" / f"checkpoint-{evals[peak]['step']}"
+    assert summary["best_checkpoint"] == str(best)
+    assert summary["best_metric"] == pytest.approx(accuracies[peak])
+
+    final = load_file(tmp_path / "out" / "model.safetensors")
+    peak_weights = load_file(best / "model.safetensors")
+    last_weights = load_file(tmp_path / "out" / f"checkpoint-{evals[-1]['step']}" / "model.safetensors")
+    assert final.keys() == peak_weights.keys()
+    assert all(torch.equal(final[name], peak_weights[name]) for name in final)
+    assert not all(torch.equal(final[name], last_weights[name]) for name in final)  # training went on

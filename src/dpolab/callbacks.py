@@ -4,11 +4,16 @@ the first non-finite loss before it can overwrite a good checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+
+from dpolab.errors import DpolabError
+
+log = logging.getLogger("dpolab")
 
 # Logged by the Trainer at the end of training; they go to summary.json, not metrics.jsonl.
 _SUMMARY_KEYS = ("train_runtime", "train_loss", "total_flos")
@@ -28,10 +33,31 @@ def _clean(value):
     return value
 
 
+def lines_up_to(text: str, step: int, *, source: str = "metrics.jsonl") -> tuple[list[str], bool]:
+    """The lines of a metrics.jsonl text whose `step` is at most `step`, and whether a torn last
+    line (a process killed while writing it) was dropped. Any other unreadable line is an error."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    kept, torn = [], False
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                torn = True
+                continue
+            raise DpolabError(
+                f"{source}, line {number}: not valid JSON; remove the line or the file to resume"
+            ) from None
+        if record["step"] <= step:
+            kept.append(line)
+    return kept, torn
+
+
 class MetricsJsonlCallback(TrainerCallback):
     """Appends one JSON object per logging or evaluation step to OUTPUT_DIR/metrics.jsonl, with
     `step` and `split` (train / eval); eval keys lose their `eval_` prefix. On resume, lines from
-    steps after the checkpoint (written by the interrupted run) are dropped first."""
+    steps after the checkpoint (written by the interrupted run), and a last line torn by the kill,
+    are dropped first."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / "metrics.jsonl"
@@ -39,11 +65,11 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= state.global_step
-        ]
+        kept, torn = lines_up_to(
+            self.path.read_text(encoding="utf-8"), state.global_step, source=str(self.path)
+        )
+        if torn:
+            log.warning("%s: dropped its last line, cut off when the run was killed", self.path)
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -84,25 +110,38 @@ class LiveProgressCallback(ProgressCallback):
 
 
 class NonFiniteLossCallback(TrainerCallback):
-    """Stops training at the first logging or saving step after the loss went non-finite, and
-    cancels that save, so the last checkpoint on disk is a good one. `first_bad_step()` reads the
-    trainer's on-device record (one host synchronisation, only at those steps)."""
+    """Stops training at the first logging, evaluation or saving point after the loss went
+    non-finite, and cancels that save and evaluation, so that every checkpoint on disk is from
+    before the bad step. `first_bad_step()` reads the trainer's on-device record (one host
+    synchronisation, only at those points).
+
+    The Trainer decides to log, evaluate and save in its `DefaultFlowCallback`, which runs before
+    any callback added later: at `on_step_end` for the `steps` strategies, at `on_epoch_end` for
+    `epoch`; it acts on `control` right after each event. Both are checked here, and once a bad
+    step is known no later event may turn a save back on."""
 
     def __init__(self, first_bad_step):
         self.first_bad_step = first_bad_step
         self.bad_step: int | None = None
 
+    def _stop_if_bad(self, control) -> None:
+        if self.bad_step is None:
+            step = int(self.first_bad_step())
+            if step < 0:
+                return
+            self.bad_step = step
+        control.should_save = False
+        control.should_evaluate = False
+        control.should_training_stop = True
+
     def on_step_end(self, args, state, control, **kwargs):
-        if not (
+        if (
             control.should_log
             or control.should_save
             or control.should_evaluate
             or state.global_step >= state.max_steps
         ):
-            return
-        step = int(self.first_bad_step())
-        if step >= 0:
-            self.bad_step = step
-            control.should_save = False
-            control.should_evaluate = False
-            control.should_training_stop = True
+            self._stop_if_bad(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._stop_if_bad(control)

@@ -2,12 +2,19 @@
 
 Every loader turns the errors a user can cause (a missing folder, an unreachable hub id, an
 unsupported architecture) into one `DpolabError` line.
+
+A model path may be a LoRA adapter folder (peft's `adapter_config.json`, as `dpolab sft` with
+`model.lora` saves): its base model (`base_model_name_or_path`) is loaded, the adapter merged into
+it, and that is the model, for its config (layer count) as for its weights, as
+`dpolab.evaluation.loading` reads adapters for evaluation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,10 +56,44 @@ def _load(what: str, name: str, loader, **kwargs):
         ) from None
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(name_or_path: str) -> str | None:
+    """The base model of a local LoRA adapter folder (`base_model_name_or_path` of its
+    adapter_config.json); None when `name_or_path` is not one."""
+    path = Path(os.path.expanduser(name_or_path)) / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DpolabError(f"{path}: not a readable adapter config ({_first_line(err)})") from None
+    if not isinstance(base, str) or not base:
+        raise DpolabError(
+            f"{path}: no base_model_name_or_path; write the base model's folder or hub id there"
+        )
+    return base
+
+
+def _in_base(adapter: str, base: str, load):
+    """`load(base)`, with an error that says the path came from the adapter's config."""
+    try:
+        return load(base)
+    except DpolabError as err:
+        raise DpolabError(f"adapter {adapter!r}: its base model (adapter_config.json): {err}") from None
+
+
 def load_model_config(name_or_path: str, *, trust_remote_code: bool = False):
-    """The model's config (no weights), checked to be a family dpolab supports."""
+    """The model's config (no weights), checked to be a family dpolab supports; for an adapter
+    folder, its base model's config (a LoRA adapter changes no shape)."""
     from transformers import AutoConfig
 
+    base = adapter_base(name_or_path)
+    if base is not None:
+        return _in_base(
+            name_or_path, base, lambda b: load_model_config(b, trust_remote_code=trust_remote_code)
+        )
     config = _load("model", name_or_path, AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
     check_supported(config)
     return config
@@ -67,6 +108,9 @@ def load_tokenizer(section: ModelSection):
     from transformers import AutoTokenizer
 
     name = section.tokenizer_name_or_path or section.name_or_path
+    base = adapter_base(name)
+    if base is not None and not (Path(os.path.expanduser(name)) / "tokenizer_config.json").is_file():
+        name = base  # an adapter saved without its tokenizer: the base model's
     tokenizer = _load(
         "tokenizer", name, AutoTokenizer.from_pretrained, trust_remote_code=section.trust_remote_code
     )
@@ -80,8 +124,19 @@ def load_tokenizer(section: ModelSection):
 
 
 def load_causal_lm(name_or_path: str, section: ModelSection) -> nn.Module:
+    """The model at `name_or_path`; an adapter folder's base model with the adapter merged in."""
     from transformers import AutoModelForCausalLM
 
+    base = adapter_base(name_or_path)
+    if base is not None:
+        from peft import PeftModel
+
+        model = _in_base(name_or_path, base, lambda b: load_causal_lm(b, section))
+        merged = _load(
+            "adapter", name_or_path, lambda path: PeftModel.from_pretrained(model, path).merge_and_unload()
+        )
+        log.info("model: %s is a LoRA adapter of %s; merged into it", name_or_path, base)
+        return merged.requires_grad_(True)  # peft froze the base for inference; trainable as loaded
     model = _load(
         "model",
         name_or_path,
@@ -112,10 +167,24 @@ def apply_lora(model: nn.Module, section: ModelSection) -> nn.Module:
         raise DpolabError(f"model.lora.target_modules: {_first_line(err)}") from None
 
 
-def load_policy(section: ModelSection) -> nn.Module:
-    """The model to train: full weights, or the model with LoRA adapters when `lora` is set."""
+def load_policy(section: ModelSection, *, merged_start: Path | None = None, write: bool = True) -> nn.Module:
+    """The model to train: full weights, or the model with LoRA adapters when `lora` is set.
+
+    Starting from an adapter folder under LoRA, the new adapter trains on the merged start, which
+    exists nowhere on disk: it is saved to `merged_start` (when `write`: the first process) and
+    the new adapter names that folder as its base, so that its checkpoints and the final adapter
+    load on their own (with `dpolab eval`, peft, TRL); naming the first adapter's base model, as
+    peft would, would silently drop the first adapter."""
     model = load_causal_lm(section.name_or_path, section)
     if section.lora is not None:
+        if adapter_base(section.name_or_path) is not None:
+            if merged_start is None:
+                raise ValueError(f"{section.name_or_path} is an adapter: pass merged_start")
+            if write:
+                model.save_pretrained(merged_start)
+            model.name_or_path = str(merged_start)  # what peft records as the adapter's base
+            model.config.name_or_path = str(merged_start)
+            log.info("model: the merged start is saved in %s, the new adapter's base", merged_start)
         model = apply_lora(model, section)
     return model
 

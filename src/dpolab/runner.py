@@ -22,6 +22,9 @@ from dpolab.errors import DpolabError
 
 log = logging.getLogger("dpolab")
 
+# Under OUTPUT_DIR: the merged start of a LoRA run that starts from an adapter (dpolab.models.load_policy).
+MERGED_START = "merged-start"
+
 
 @dataclass
 class PreparedData:
@@ -35,24 +38,49 @@ class PreparedData:
 def _load_examples(
     spec, *, split, config: RunConfig, limit: int | None = None
 ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
+    """The examples of `data.train` or `data.eval`: a preference file or hub id, or a list of
+    source specs (`{path, split, weight, builder}`, see dpolab.data.mixture)."""
     data = config.data
-    if isinstance(spec, list) or data.builder:
-        from dpolab.data.mixture import load_sources  # sources with weights, or a builder
+    if isinstance(spec, list):
+        from dpolab.data.mixture import load_sources  # sources with weights, or builders
 
-        specs = (
-            spec
-            if isinstance(spec, list)
-            else [{"path": data.source, "builder": data.builder, "split": split}]
-        )
         seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
         examples, reports = load_sources(
-            specs, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed, mix_strategy=data.mix_strategy
+            spec, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed, mix_strategy=data.mix_strategy
         )
         return examples[:limit], reports
     examples, report = load_pairs(
         spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit
     )
     return examples, [report]
+
+
+def train_spec(config: RunConfig):
+    """What the training pairs come from: `data.train`, or `data.builder` applied to
+    `data.source` (one builder spec). `data.eval` is always read as its own spec: a preference
+    file, or a list of specs that may name a builder; it never falls back to `data.source`."""
+    data = config.data
+    if data.builder:
+        return [{"path": data.source, "builder": data.builder, "split": data.split}]
+    return data.train
+
+
+def merge_reports(reports: list[BadRowReport]) -> list[BadRowReport]:
+    """One report per source file, for the rows it lost at loading and at tokenisation (or as
+    train and eval): each row once, in row order; sources without skipped rows left out."""
+    merged: dict[str, BadRowReport] = {}
+    seen: dict[str, set] = {}
+    for report in reports:
+        target = merged.setdefault(report.source, BadRowReport(report.source))
+        keys = seen.setdefault(report.source, set())
+        for skipped in report.skipped:
+            key = (skipped.row, skipped.field, skipped.reason)
+            if key not in keys:  # a row a mixture repeats, or a builder made several pairs of
+                keys.add(key)
+                target.skipped.append(skipped)
+    for report in merged.values():
+        report.skipped.sort(key=lambda s: s.row)
+    return [r for r in merged.values() if r.skipped]
 
 
 def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData):
@@ -76,7 +104,7 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
         item = pair.to_dict()
         item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
         pairs.append(item)
-    prepared.reports += [p.report for p in policies.values() if p.report.skipped]
+    prepared.reports += [p.report for p in policies.values()]
     for index, item in enumerate(pairs):
         item["index"] = index
     if not pairs:
@@ -86,21 +114,28 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
     return pairs
 
 
+def _spec_name(spec) -> str:
+    if isinstance(spec, list):
+        return ", ".join(str(s.get("path") if isinstance(s, dict) else s) for s in spec)
+    return str(spec)
+
+
 def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> PreparedData:
-    """Load, normalise, tokenise and truncate the train (and eval) pairs; apply on_bad_rows."""
+    """Load, normalise, tokenise and truncate the train (and eval) pairs; apply on_bad_rows.
+    `reports` ends with one bad-row report per source file that lost rows."""
     data = config.data
     prepared = PreparedData(train=[], eval=None)
-    train_spec = data.train
-    train_examples, reports = _load_examples(train_spec, split=data.split, config=config, limit=data.limit)
-    prepared.reports += [r for r in reports if r.skipped]
+    spec = train_spec(config)
+    train_examples, reports = _load_examples(spec, split=data.split, config=config, limit=data.limit)
+    prepared.reports += reports
     prepared.train = _tokenize_all(
-        train_examples, str(train_spec or data.source), tokenizer, config, sft=sft, prepared=prepared
+        train_examples, _spec_name(spec), tokenizer, config, sft=sft, prepared=prepared
     )
     if data.eval:
         eval_examples, reports = _load_examples(data.eval, split=data.eval_split or "test", config=config)
-        prepared.reports += [r for r in reports if r.skipped]
+        prepared.reports += reports
         prepared.eval = _tokenize_all(
-            eval_examples, str(data.eval), tokenizer, config, sft=sft, prepared=prepared
+            eval_examples, _spec_name(data.eval), tokenizer, config, sft=sft, prepared=prepared
         )
     elif data.eval_size is not None:
         n_eval = round(data.eval_size * len(prepared.train)) if data.eval_size < 1 else int(data.eval_size)
@@ -117,6 +152,7 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
         for part in (prepared.train, prepared.eval):
             for index, item in enumerate(part):
                 item["index"] = index
+    prepared.reports = merge_reports(prepared.reports)
     return prepared
 
 
@@ -164,6 +200,17 @@ def _resume_target(config: RunConfig) -> str | bool | None:
     return value
 
 
+def last_checkpoint_before(output_dir: Path, step: int) -> Path | None:
+    """The highest `checkpoint-N` folder with N < `step`: saved before that step's update (any
+    later one, e.g. from an earlier run in the same folder, holds weights of after it)."""
+    steps = {}
+    for path in output_dir.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit() and int(suffix) < step:
+            steps[int(suffix)] = path
+    return steps[max(steps)] if steps else None
+
+
 def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[str, Any]:
     """Train as the config says; returns the run summary (also written to OUTPUT_DIR/summary.json)."""
     import datasets
@@ -172,7 +219,13 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
 
     from dpolab.callbacks import LiveProgressCallback, MetricsJsonlCallback, NonFiniteLossCallback
     from dpolab.collate import PairCollator, SequenceCollator
-    from dpolab.models import count_parameters, load_policy, load_tokenizer, model_num_layers
+    from dpolab.models import (
+        adapter_base,
+        count_parameters,
+        load_policy,
+        load_tokenizer,
+        model_num_layers,
+    )
     from dpolab.objective import PreferenceObjective, SFTObjective
     from dpolab.reference_setup import build_reference, check_sharding
     from dpolab.trainer import DpolabTrainer
@@ -207,7 +260,10 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
         )
     log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if has_eval else "no")
 
-    policy = load_policy(section)
+    merged_start = (output_dir / MERGED_START).resolve()
+    policy = load_policy(section, merged_start=merged_start, write=first_process)
+    if first_process and section.lora is not None and adapter_base(section.name_or_path):
+        tokenizer.save_pretrained(merged_start)  # a whole model folder, as the new adapter's base
     trainable, total = count_parameters(policy)
     log.info(
         "model: %s, %d layers, %.2fM parameters, %.2fM trainable",
@@ -261,12 +317,8 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
 
     result = trainer.train(resume_from_checkpoint=resume)
     if nonfinite.bad_step is not None:
-        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        last = (
-            f"the last good checkpoint is {checkpoints[-1]}"
-            if checkpoints
-            else "no checkpoint was saved before it"
-        )
+        good = last_checkpoint_before(output_dir, nonfinite.bad_step)
+        last = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
         raise DpolabError(
             f"the loss became non-finite at step {nonfinite.bad_step}; training stopped and the model "
             f"was not saved; {last} (lower training.learning_rate, or check the data)"
