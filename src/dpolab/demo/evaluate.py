@@ -40,8 +40,12 @@ def accuracy(answers_file: Path) -> float:
     return right / len(answers)
 
 
-def generate(model, tokenizer, name: str, prompts, out: Path, settings: DemoSettings) -> dict[str, float]:
-    """Greedy and sampled (temperature 0.3, repetition penalty 1.1) answers; their accuracies."""
+def generate(
+    model, tokenizer, name: str, prompts, out: Path, settings: DemoSettings, step=lambda what: None
+) -> dict[str, float]:
+    """Greedy and sampled (temperature 0.3, repetition penalty 1.1) answers; their accuracies.
+
+    `step(what)` is called after each of the two passes (the evaluation's progress bar)."""
     modes = {
         "greedy": GenerationSettings(
             max_new_tokens=settings.max_new_tokens,
@@ -63,6 +67,7 @@ def generate(model, tokenizer, name: str, prompts, out: Path, settings: DemoSett
         path = out / "answers" / f"{name}.{mode}.jsonl"
         generate_answers(model, tokenizer, prompts, path, settings=gen, model_name=name)
         result[f"accuracy/{mode}"] = accuracy(path)
+        step(f"{name}: {mode} answers")
     return result
 
 
@@ -80,7 +85,23 @@ def evaluate_models(
         data: `test.problems`, `eval.low`, `eval.high` files.
         pairs_of: model name -> `low` or `high`, the pairs it was trained on.
     """
+    from tqdm.auto import tqdm
     from transformers import AutoTokenizer
+
+    trained_names = [n for n in run_dirs if n != REFERENCE]
+    comparisons = [(name, REFERENCE) for name in trained_names] + [
+        (a, b)
+        for a, b in (("idpo-low", "dpo-low"), ("dpop-low", "dpo-low"), ("dpop-high", "dpo-high"))
+        if a in run_dirs and b in run_dirs
+    ]
+    kinds = sorted({pairs_of[n] for n in trained_names})
+    # one bar for the stage: per model its two generation passes and its log-probs, then the
+    # layer analysis per kind of pairs, the token analysis and the pairwise comparisons
+    bar = tqdm(total=3 * len(run_dirs) + len(kinds) + 1 + len(comparisons), desc="evaluate", unit="step")
+
+    def step(what: str) -> None:
+        bar.set_postfix_str(what, refresh=False)
+        bar.update()
 
     eval_dir = out / "eval"
     tokenizer = AutoTokenizer.from_pretrained(run_dirs[REFERENCE])
@@ -101,7 +122,7 @@ def evaluate_models(
         model = reference if name == REFERENCE else _load(folder)
         models[name] = model
         log.info("evaluating %s", name)
-        row = generate(model, tokenizer, name, prompts, eval_dir, settings)
+        row = generate(model, tokenizer, name, prompts, eval_dir, settings, step)
         kind = pairs_of[name]
         chosen = pair_logprobs(model, pairs[kind], batch_size=32, pad_token_id=pad)[0][0]
         row["pairs"] = kind
@@ -113,10 +134,11 @@ def evaluate_models(
             .item()
         )
         table[name] = row
+        step(f"{name}: log-probs")
 
     trained = {n: m for n, m in models.items() if n != REFERENCE}
     layers = {}
-    for kind in ("low", "high"):
+    for kind in kinds:
         group = {n: m for n, m in trained.items() if pairs_of[n] == kind}
         if group:
             layers[kind] = analyze_layers(
@@ -133,6 +155,7 @@ def evaluate_models(
             for name, curves in layers[kind]["models"].items():
                 table[name]["rewards/accuracies"] = curves["rewards/accuracies"][-1]
                 table[name]["dpo_likelihood"] = curves["dpo_likelihood"][-1]
+            step(f"layers ({kind}-edit pairs)")
     low = {n: m for n, m in trained.items() if pairs_of[n] == "low"}
     tokens = token_analysis(
         low,
@@ -144,6 +167,7 @@ def evaluate_models(
         pairs_source=str(data["eval.low"]),
     )
     write_result(eval_dir / "tokens-low.json", tokens)
+    step("token analysis")
     for name, spans in tokens["models"].items():
         table[name]["tokens/chosen_before_m"] = spans["chosen_before_m"]["mean"]
         table[name]["tokens/chosen_from_m"] = spans["chosen_from_m"]["mean"]
@@ -151,11 +175,6 @@ def evaluate_models(
     judge = ExactJudge()
     answers = {name: load_answers(eval_dir / "answers" / f"{name}.greedy.jsonl") for name in run_dirs}
     wins = {}
-    comparisons = [(name, REFERENCE) for name in trained] + [
-        (a, b)
-        for a, b in (("idpo-low", "dpo-low"), ("dpop-low", "dpo-low"), ("dpop-high", "dpo-high"))
-        if a in answers and b in answers
-    ]
     for a, b in comparisons:
         result = winrate(
             answers[a],
@@ -175,4 +194,6 @@ def evaluate_models(
                 result["losses"],
                 result["ties"],
             )
+        step(f"{a} vs {b}")
+    bar.close()
     return {"models": table, "layers": layers, "tokens": tokens, "winrates": wins}
