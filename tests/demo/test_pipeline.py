@@ -49,3 +49,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().err.count("done before, reused") == 6
     assert main(["demo", "--out", str(out)]) == 2  # a full run into a quick run's folder
     assert "use another --out, or --force" in capsys.readouterr().err
+
+    # another seed into the same folder is refused; with --force every stage runs again, anew
+    first_problem = (out / "data" / "test.problems.jsonl").read_text().splitlines()[0]
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "1"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "1", "--force"]) == 0
+    assert "done before, reused" not in capsys.readouterr().err
+    assert (out / "data" / "test.problems.jsonl").read_text().splitlines()[0] != first_problem
+    reseeded = json.loads((out / "summary.json").read_text())
+    assert list(reseeded["models"]) == MODELS and reseeded["models"] != summary["models"]
