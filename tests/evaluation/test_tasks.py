@@ -242,3 +242,23 @@ def test_harness_metrics_keep_both_gsm8k_filters_apart():
     # two keys that would share a name keep lm-eval's own keys
     clash = harness_metrics({"results": {"t": {"acc,none": 0.1, "acc,strict-match": 0.2}}})
     assert clash == {"t": {"acc,none": 0.1, "acc,strict-match": 0.2}}
+
+
+def test_harness_bridge_passes_the_model_options(monkeypatch):
+    """`--harness` hands lm-eval's `hf` model the path, dtype (dpolab's `auto` resolved: fp32 on a
+    CPU) and add_bos_token, and reads its results back (a stand-in `lm_eval` module here)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("lm_eval")
+    fake.__spec__ = importlib.machinery.ModuleSpec("lm_eval", None)
+    fake.simple_evaluate = lambda **kw: calls.append(kw) or {"results": {"arc_challenge": {"acc,none": 0.5}}}
+    monkeypatch.setitem(sys.modules, "lm_eval", fake)
+    result = run_harness("models/m", ["arc_challenge"], device="cpu", dtype="bfloat16", add_bos_token=True)
+    assert calls[0]["model"] == "hf" and calls[0]["device"] == "cpu"
+    assert calls[0]["model_args"] == "pretrained=models/m,dtype=bfloat16,add_bos_token=True"
+    assert result["backend"] == "lm-evaluation-harness" and result["tasks"] == {"arc_challenge": {"acc": 0.5}}
+    run_harness("models/m", ["arc_challenge"], device="cpu")
+    assert calls[1]["model_args"] == "pretrained=models/m,dtype=float32"

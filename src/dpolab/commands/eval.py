@@ -170,7 +170,13 @@ def run_tasks(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.harness:
         result = run_harness(
-            args.model, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device
+            args.model,
+            tasks,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            add_bos_token=args.add_bos_token,
         )
     else:
         from dpolab.evaluation.loading import load_causal_lm

@@ -353,9 +353,12 @@ def run_harness(
     limit: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    dtype: str | None = None,
+    add_bos_token: bool = False,
 ) -> dict[str, Any]:
     """The tasks through lm-evaluation-harness (`lm_eval.simple_evaluate`) when it is installed;
-    task names are lm-eval's (e.g. arc_challenge, hellaswag, gsm8k) and it fetches its own data."""
+    task names are lm-eval's (e.g. arc_challenge, hellaswag, gsm8k) and it fetches its own data.
+    `dtype` and `add_bos_token` go to lm-eval's `hf` model as its arguments of those names."""
     if importlib.util.find_spec("lm_eval") is None:
         raise DpolabError(
             "lm-evaluation-harness is not installed (pip install lm-eval); without --harness, dpolab scores "
@@ -363,19 +366,33 @@ def run_harness(
         )
     import lm_eval
 
-    from dpolab.evaluation.loading import resolve_device
+    from dpolab.evaluation.loading import _torch_dtype, resolve_device
 
+    device = resolve_device(device)
+    dtype = str(_torch_dtype(dtype or "auto", device)).removeprefix(
+        "torch."
+    )  # dpolab's `auto`, not lm-eval's
     out = lm_eval.simple_evaluate(
         model="hf",
-        model_args=f"pretrained={model_path}",
+        model_args=harness_model_args(model_path, dtype=dtype, add_bos_token=add_bos_token),
         tasks=list(tasks),
         limit=limit,
         batch_size=batch_size,
-        device=resolve_device(device),
+        device=device,
     )
     result = result_header("tasks")
     result.update({"model": model_path, "backend": "lm-evaluation-harness", "tasks": harness_metrics(out)})
     return result
+
+
+def harness_model_args(model_path: str, *, dtype: str | None = None, add_bos_token: bool = False) -> str:
+    """lm-eval's `--model_args` string for its `hf` model: `pretrained=PATH[,dtype=D][,add_bos_token=True]`."""
+    args = [f"pretrained={model_path}"]
+    if dtype:
+        args.append(f"dtype={dtype}")
+    if add_bos_token:
+        args.append("add_bos_token=True")
+    return ",".join(args)
 
 
 # lm-eval's filters whose metric keeps dpolab's plain name, and those that get a suffix
