@@ -172,12 +172,22 @@ def test_bad_rows_are_named(tmp_path):
 
 def test_gsm8k_scoring():
     assert cut_at_stop("3 + 5 = 8\n#### 8\n\nQuestion: next one") == "3 + 5 = 8\n#### 8\n\n"
-    m = gsm8k_metrics("so 1,000 apples.\n#### 1,000", "1000")
-    assert m["strict"] == "1000" and m["exact_match"] == 1.0 and m["exact_match_flexible"] == 1.0
-    m = gsm8k_metrics("The answer is 72.", "72")  # no '####': strict misses, flexible finds it
+    # the reference is the dataset's answer field; lm-eval strips everything up to the last '#### '
+    m = gsm8k_metrics("so 1,000 apples.\n#### 1,000", "500 + 500 = 1000 apples\n#### 1,000")
+    assert m["reference"] == "1000" and m["strict"] == "1000"
+    assert m["exact_match"] == 1.0 and m["exact_match_flexible"] == 1.0
+    m = gsm8k_metrics("The answer is 72.", "#### 72")  # no '####': strict misses, flexible finds it
+    assert m["strict"] == "[invalid]" and m["flexible"] == "72"
     assert m["exact_match"] == 0.0 and m["exact_match_flexible"] == 1.0
-    m = gsm8k_metrics("#### 7 apples, not 8", "8")
+    m = gsm8k_metrics("#### 7 apples, not 8", "#### 8")
     assert m["exact_match"] == 0.0 and m["flexible"] == "8" and m["exact_match_flexible"] == 1.0
+    # lm-eval's strict match: a number right after '#### ', the FIRST such line
+    assert gsm8k_metrics("#### 5\n#### 7", "#### 5")["exact_match"] == 1.0
+    for loose in ("#### The answer is 7", "#### $7", "####7", "#### = = 3 = = 6 = 7"):
+        assert gsm8k_metrics(loose, "#### 7")["exact_match"] == 0.0, loose
+    # no number normalisation beyond its regexes: 7.0 is not 7, a final '.' is dropped
+    assert gsm8k_metrics("#### 7.0", "#### 7")["exact_match"] == 0.0
+    assert gsm8k_metrics("#### 7.", "#### 7")["exact_match"] == 1.0
 
 
 def test_gsm8k_generation_runs(tmp_path, tokenizer):
@@ -190,10 +200,11 @@ def test_gsm8k_generation_runs(tmp_path, tokenizer):
         ],
     )
     docs = load_task("gsm8k", path)
-    assert [d.reference for d in docs] == ["8", "4"]
+    assert [d.reference for d in docs] == ["3 + 5 = 8\n#### 8", "#### 4"]
     result = evaluate_generation(model, tokenizer, docs, max_new_tokens=6, batch_size=2)
     assert result["n"] == 2
     for sample in result["samples"]:
+        assert sample["reference"] in ("8", "4")
         assert sample["exact_match"] == float(sample["strict"] == sample["reference"])
         assert "Question:" not in sample["output"]
 

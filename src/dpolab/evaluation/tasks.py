@@ -18,8 +18,9 @@ Schemas and prompts (lm-eval's task configs):
   context preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()), choices
   preprocess(ending), gold = int(label).
 - GSM8K (`gsm8k`): {question, answer ending in "#### N"}; greedy generation from
-  "Question: {question}\\nAnswer:", cut at "Question:"; exact match of the `#### N` answer
-  (strict) and of the last number of the output (flexible), as lm-eval's two filters.
+  "Question: {question}\\nAnswer:", cut at "Question:"; exact match of the first `#### N` of the
+  output (strict) and of its last number (flexible), lm-eval's two filters, with its exact_match
+  normalisation (`dpolab.evaluation.answers.lm_eval_gsm8k`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from dpolab.data.io import read_rows
 from dpolab.errors import DpolabError, where
-from dpolab.evaluation.answers import answers_match, extract_final_answer, extract_last_number
+from dpolab.evaluation.answers import lm_eval_gsm8k
 from dpolab.evaluation.results import format_table, result_header
 
 TARGET_DELIMITER = " "
@@ -52,7 +53,7 @@ class ChoiceDoc:
 class GenerationDoc:
     row: int
     prompt: str
-    reference: str
+    reference: str  # the dataset's answer field, as it is
 
 
 class _Bad(Exception):
@@ -117,9 +118,9 @@ def hellaswag_doc(record: Mapping[str, Any], row: int) -> ChoiceDoc:
 
 
 def gsm8k_doc(record: Mapping[str, Any], row: int) -> GenerationDoc:
-    reference = extract_final_answer(_text(record, "answer"))
-    if reference is None:
-        raise _Bad("answer", "has no final answer after '####'")
+    reference = _text(record, "answer")
+    if "#### " not in reference:
+        raise _Bad("answer", "has no final answer after '#### '")
     return GenerationDoc(row, f"Question: {_text(record, 'question')}\nAnswer:", reference)
 
 
@@ -239,13 +240,9 @@ def cut_at_stop(text: str, stops: Sequence[str] = GSM8K_STOP) -> str:
 
 
 def gsm8k_metrics(output: str, reference: str) -> dict[str, Any]:
-    strict, flexible = extract_final_answer(output), extract_last_number(output)
-    return {
-        "strict": strict,
-        "flexible": flexible,
-        "exact_match": float(answers_match(strict, reference)),
-        "exact_match_flexible": float(answers_match(flexible, reference)),
-    }
+    """One output against the dataset's answer field: lm-eval's strict and flexible extractions,
+    the normalised reference and both exact matches."""
+    return lm_eval_gsm8k(output, reference)
 
 
 def evaluate_generation(
@@ -270,7 +267,6 @@ def evaluate_generation(
             samples.append(
                 {
                     "row": doc.row,
-                    "reference": doc.reference,
                     "output": output,
                     **gsm8k_metrics(output, doc.reference),
                 }
