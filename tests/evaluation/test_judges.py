@@ -57,6 +57,12 @@ def reward_model_dir(tmp_path_factory, tokenizer):
     return path
 
 
+def test_a_causal_lm_is_not_a_reward_model(model_dir):
+    """A checkpoint without a trained score head would judge at random: refused."""
+    with pytest.raises(DpolabError, match=r"is not a reward model.*score\.weight"):
+        build_judge(f"rm:{model_dir}", device="cpu")
+
+
 def test_reward_model_judge(reward_model_dir):
     judge = build_judge(f"rm:{reward_model_dir}", device="cpu")
     scores = {}

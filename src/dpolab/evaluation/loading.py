@@ -103,11 +103,22 @@ def load_sequence_classifier(
     _check_exists(path)
     device = resolve_device(device)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=_torch_dtype(dtype, device)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=_torch_dtype(dtype, device), output_loading_info=True
         )
     except Exception as err:
         raise _load_error("reward model", path, err) from None
+    if info["missing_keys"]:  # a causal LM (or any model without a trained head) would score at random
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise DpolabError(
+            f"{path} is not a reward model: its checkpoint has no sequence-classification head "
+            f"({missing} would be random); give a model trained as a reward model "
+            f"(AutoModelForSequenceClassification), or judge with hf:{path} or openai:MODEL"
+        )
+    if model.config.num_labels != 1:
+        raise DpolabError(
+            f"{path}: a reward model has one output, this one has {model.config.num_labels} labels"
+        )
     tokenizer = load_tokenizer(path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
