@@ -192,3 +192,14 @@ def test_images_load_in_headless_chromium(runs, tmp_path):
         timeout=120,
     ).stdout
     assert 'data-images="loaded"' in dom
+
+
+def test_an_sft_run_is_labelled_sft(tmp_path):
+    """An SFT run's config carries a loss section it does not use: the table says sft, no β."""
+    run = tmp_path / "sft"
+    run.mkdir()
+    write_metrics(run / "metrics.jsonl")
+    (run / "config.yaml").write_text("loss:\n  method: dpo\n  beta: 0.1\ntraining:\n  output_dir: sft\n")
+    (run / "summary.json").write_text(json.dumps({"command": "sft", "method": None}))
+    markdown = render_report([run], tmp_path / "report.html").markdown.read_text()
+    assert "| sft | sft | - | - |" in markdown

@@ -101,13 +101,17 @@ def _summary_blocks(runs: Sequence[Run]) -> list[Block]:
         best = peak(steps, values)
         all_steps = [r["step"] for r in run.metrics if isinstance(r.get("step"), int | float)]
         eval_loss = run.series("loss", "eval")[1]
-        method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
-        layers = config_value(run.config, "loss.intermediate_layers")
+        if (run.summary or {}).get("command") == "sft":  # its config's loss section plays no part
+            method, beta, layers = "sft", "-", None
+        else:
+            method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
+            beta = config_value(run.config, "loss.beta", "beta")
+            layers = config_value(run.config, "loss.intermediate_layers")
         rows.append(
             [
                 run.name,
                 method,
-                config_value(run.config, "loss.beta", "beta"),
+                beta,
                 ",".join(map(str, layers)) if layers else "-",
                 max(all_steps) if all_steps else None,
                 f"{best[1]:.4f} @ step {best[0]:g}" if best else "-",
