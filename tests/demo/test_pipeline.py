@@ -37,6 +37,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # the task's pairs: low edit distance a few %, high far more, and reported
     assert 0.02 < summary["task"]["edit_distance"]["low/mean"] < 0.12
     assert summary["task"]["edit_distance"]["high/mean"] > 0.3
+    assert summary["peak_rss_mib"] > 100 and summary["total_s"] == pytest.approx(
+        sum(summary["timings_s"].values())
+    )
     assert len(summary["findings"]) == 4 and all(isinstance(f["shown"], bool) for f in summary["findings"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "What it shows" in html and "--quick run" in html

@@ -197,10 +197,13 @@ def run_demo(
     stages.mark("settings", current)
     timings = dict(stages.done("timings") or {})
 
+    reused: list[str] = []
+
     def stage(n: int, name: str, fn, *args) -> dict[str, Any]:
         done = stages.done(name)
         if done is not None:
             _banner(n, name, "done before, reused")
+            reused.append(name)
             return done
         _banner(n, name)
         start = time.perf_counter()
@@ -233,6 +236,7 @@ def run_demo(
             command=command,
             intermediate_layers=intermediate,
             quick=quick,
+            reused=bool(reused),
         )
         return {"findings": summary["findings"]}
 

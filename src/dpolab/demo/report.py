@@ -14,6 +14,16 @@ from dpolab.report.plots import plot_curves
 from dpolab.report.render import Heading, Image, Para, Table, to_html, to_markdown
 from dpolab.report.runs import load_run
 
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set so far (the demo trains in-process), in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 COLUMNS = [  # (key in the table row, header)
     ("pairs", "trained on"),
     ("accuracy/greedy", "accuracy (greedy)"),
@@ -121,8 +131,10 @@ def write_demo_report(
     command: str,
     intermediate_layers: list[int],
     quick: bool = False,
+    reused: bool = False,
 ) -> dict[str, Any]:
-    """Write report.html, report.md, plots/ and summary.json under `out`; returns the summary."""
+    """Write report.html, report.md, plots/ and summary.json under `out`; returns the summary.
+    `reused`: some stages were finished by an earlier run (their memory is not this process's)."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     found = findings(results, intermediate_layers)
@@ -209,7 +221,14 @@ def write_demo_report(
     blocks += [Heading(2, "Plots"), *(Image(p, c) for p, c in images if p)]
     blocks += [
         Heading(2, "Time per stage"),
-        Table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()]),
+        Table(
+            ["stage", "seconds"],
+            [[k, round(v, 1)] for k, v in timings.items()] + [["total", round(sum(timings.values()), 1)]],
+        ),
+        Para(
+            f"Peak resident memory of the demo's process: {peak_rss_mib():.0f} MiB"
+            + (" (stages reused from an earlier run are not counted)." if reused else ".")
+        ),
     ]
     (out / "report.html").write_text(to_html(blocks, "dpolab demo"), encoding="utf-8")
     (out / "report.md").write_text(to_markdown(blocks, out), encoding="utf-8")
@@ -223,6 +242,8 @@ def write_demo_report(
         "task": task,
         "winrates": results.get("winrates", {}),
         "timings_s": timings,
+        "total_s": sum(timings.values()),
+        "peak_rss_mib": peak_rss_mib(),
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
