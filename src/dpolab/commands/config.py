@@ -1,4 +1,4 @@
-"""`dpolab config example [dpo|dpop|idpo|ipo|sft|...]`: print a commented example config."""
+"""`dpolab config example [dpo|dpop|idpo|ipo|sft]`: print a commented example config."""
 
 from __future__ import annotations
 
@@ -23,5 +23,6 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("config", help="example configs")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     example = actions.add_parser("example", help="print a commented example config")
-    example.add_argument("name", nargs="?", default="dpo", help="dpo (default), dpop, idpo, ipo, sft, ...")
+    names = [n + (" (default)" if n == "dpo" else "") for n in example_names()]
+    example.add_argument("name", nargs="?", default="dpo", help=", ".join(names))
     example.set_defaults(func=lambda args: print(example_text(args.name), end="") or 0)

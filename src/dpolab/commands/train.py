@@ -18,8 +18,11 @@ def register(subparsers) -> None:
             name,
             help=help_text,
             description=help_text,
-            epilog="Overrides take the form section.key=value, e.g. loss.beta=0.3 training.learning_rate=1e-5. "
-            "`dpolab config example` prints a commented config.",
+            epilog="Overrides take the form section.key=value, e.g. "
+            + ("data.max_length=512" if sft else "loss.beta=0.3")
+            + " training.learning_rate=1e-5. `dpolab config example"
+            + (" sft" if sft else "")
+            + "` prints a commented config.",
         )
         parser.add_argument("config", help="YAML config file")
         parser.add_argument(
