@@ -6,6 +6,7 @@ text-less replies, a refused pair, timeouts, a custom judge prompt, through the 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from chat_server import answers_in, chat_reply
@@ -184,7 +185,16 @@ def test_unreachable_endpoint(tmp_path, capsys):
 
 
 def test_requests_overlap_under_concurrency(chat_server):
-    chat_server.reply = lambda n, body: (*prefer_longer(n, body)[:3], 0.3)
+    def reply_once_another_arrives(n, body):
+        # hold each reply until a second request is in flight (at most 3 s, under the client's 5 s
+        # timeout; a judge that sends one at a time fails the assertion below, slowly), so that a
+        # loaded machine cannot hide the overlap
+        deadline = time.monotonic() + 3
+        while chat_server.max_in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return prefer_longer(n, body)
+
+    chat_server.reply = reply_once_another_arrives
     four_a, four_b = answers(["a", "bb", "ccc", "dddd"]), answers(["xx", "y", "zzzz", "w"])
     result = winrate(four_a, four_b, judge(chat_server, concurrency=8))
     assert len(chat_server.requests) == 8 and result["n_judged"] == 4
