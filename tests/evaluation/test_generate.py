@@ -113,6 +113,19 @@ def test_resume_writes_what_an_uninterrupted_run_writes(tmp_path, loaded):
         generate_answers(model, tokenizer, prompts, cut, settings=settings, model_name="tiny").generated == 0
     )
     assert [a.completion for a in load_answers(cut)] == [r["completion"] for r in rows]
+    # killed inside a batch: one row of the second batch whole, its other row lost. The batch is
+    # sampled together (padding, seed), so it is sampled again whole, not its missing row alone
+    inside = tmp_path / "inside.jsonl"
+    inside.write_text("".join(lines[:3]) + lines[3][:10])
+    report = generate_answers(model, tokenizer, prompts, inside, settings=settings, model_name="tiny")
+    assert (report.generated, report.resumed) == (3, 2)
+    assert inside.read_text() == full.read_text()
+    # more prompts than last time: the last batch then (prompt 2 alone) is the start of a longer one now
+    grown = tmp_path / "grown.jsonl"
+    generate_answers(model, tokenizer, prompts[:3], grown, settings=settings, model_name="tiny")
+    report = generate_answers(model, tokenizer, prompts, grown, settings=settings, model_name="tiny")
+    assert (report.generated, report.resumed) == (3, 2)
+    assert grown.read_text() == full.read_text()
 
 
 def test_resume_refuses_other_prompts_or_settings(tmp_path, loaded):
@@ -150,7 +163,7 @@ def test_resume_checks_the_chat_template(tmp_path, loaded):
     del row["generation"]["chat_template"]
     out.write_text(json.dumps(row) + "\n")
     report = generate_answers(model, tokenizer, prompts, out, settings=GenerationSettings(max_new_tokens=3))
-    assert (report.generated, report.resumed) == (1, 1)
+    assert (report.generated, report.resumed) == (2, 0)  # one batch of both prompts now: sampled anew
     # no chat template: `always` stops before anything is generated
     plain = build_tokenizer(chat_template=False)
     fresh = tmp_path / "fresh.jsonl"
@@ -194,3 +207,15 @@ def test_cli(tmp_path, model_dir, capsys):
     bad = write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no prompt here"}])
     assert main(["generate", "--model", str(model_dir), "--prompts", str(bad), "--output", str(out)]) == 2
     assert "bad.jsonl, row 2, field 'prompt': missing" in capsys.readouterr().err
+
+
+def test_limit_must_be_positive(tmp_path, capsys):
+    from dpolab.cli import main
+
+    for value in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as stop:
+            main(
+                ["generate", "--model", "m", "--prompts", "p.jsonl", "--output", "o.jsonl", "--limit", value]
+            )
+        assert stop.value.code == 2
+        assert "--limit" in capsys.readouterr().err

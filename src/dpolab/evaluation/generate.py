@@ -215,6 +215,18 @@ def _check_resumable(
     return done
 
 
+def complete_batches(done: set[int], num_prompts: int, batch_size: int) -> set[int]:
+    """The indices in `done` whose whole batch (`batch_size` consecutive prompts of the
+    `num_prompts`, the last one shorter) is done. A batch is sampled together (left padding, one
+    seed), so a partly written one must be sampled again whole to give what one run would give."""
+    out: set[int] = set()
+    for start in range(0, num_prompts, batch_size):
+        batch = range(start, min(start + batch_size, num_prompts))
+        if all(i in done for i in batch):
+            out.update(batch)
+    return out
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -239,6 +251,11 @@ def generate_answers(
         path.unlink()
     existing = _read_existing(path)
     done = _check_resumable(path, existing, prompts, settings)
+    whole = complete_batches(done, len(prompts), settings.batch_size)
+    if whole != done:  # an interrupted batch, or one that was the last before more prompts came
+        existing = [r for r in existing if r["index"] in whole]
+        write_jsonl_atomic(path, existing)
+        done = whole
     path.parent.mkdir(parents=True, exist_ok=True)
     n, generated = settings.batch_size, 0
     with path.open("a", encoding="utf-8") as handle:
