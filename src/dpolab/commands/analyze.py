@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpolab.commands import positive_int
 from dpolab.data.pairs import FLAG_SKIP_HINT
 from dpolab.errors import DpolabError
 
@@ -23,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", required=True, help="preference file (any format `dpolab train` reads)")
     p.add_argument("--output", required=True, help="result JSON")
     p.add_argument("--plot", help="PNG plot (default: OUTPUT with .png)")
-    p.add_argument("--limit", type=int, help="use the first N pairs")
+    p.add_argument("--limit", type=positive_int, help="use the first N pairs")
     p.add_argument("--max-length", type=int, help="truncate as training does (prompt + completion tokens)")
     p.add_argument("--max-prompt-length", type=int)
     p.add_argument("--on-bad-rows", choices=("error", "skip"), default="error")
@@ -115,7 +116,7 @@ def run_layers(args: argparse.Namespace) -> int:
     layers = None
     if args.layers:
         try:
-            layers = [int(k) for k in args.layers.split(",") if k.strip()]
+            layers = sorted({int(k) for k in args.layers.split(",") if k.strip()})  # each once, in order
         except ValueError:
             raise DpolabError(f"--layers {args.layers!r}: write layer numbers like 8,16,24") from None
     models, reference, pairs, pad = _load(args)

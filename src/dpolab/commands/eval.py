@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dpolab.commands import positive_int
 from dpolab.errors import DpolabError
 
 
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
     w.add_argument("--name-b", help="name of B in tables (default: file stem)")
     w.add_argument("--cache", help="judgement cache (JSONL; default: OUTPUT with .judgements.jsonl)")
     w.add_argument("--judge-prompt", help="judge prompt template with {question}, {answer_a}, {answer_b}")
-    w.add_argument("--limit", type=int, help="judge only the first N prompts")
+    w.add_argument("--limit", type=positive_int, help="judge only the first N prompts")
     w.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval")
     w.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     w.add_argument(
@@ -74,7 +75,7 @@ def register(subparsers) -> None:
         help="local data file of a task, in the dataset's own schema (repeat per task)",
     )
     t.add_argument("--output", required=True, help="result JSON")
-    t.add_argument("--limit", type=int, help="first N documents of each task")
+    t.add_argument("--limit", type=positive_int, help="first N documents of each task")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k generation length")
     t.add_argument(

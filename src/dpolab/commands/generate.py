@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dpolab.commands import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
         help="auto: messages through the tokenizer's chat template, text prompts as training tokenises "
         "them (default); always: text prompts too, as one user message; never: messages as plain text",
     )
-    p.add_argument("--limit", type=int, help="answer only the first N prompts")
+    p.add_argument("--limit", type=positive_int, help="answer only the first N prompts")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
