@@ -99,3 +99,11 @@ def test_cli_and_bad_input(tmp_path, model_dir, capsys):
         == 2
     )
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_context_longer_than_the_models_positions_is_refused(tokenizer):
+    model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=16, num_layers=2)
+    positions = model.config.max_position_embeddings
+    with pytest.raises(DpolabError, match=rf"context {positions + 1} is longer than the models' {positions}"):
+        forgetting(model, model, tokenizer, [TEXT], context=positions + 1)
+    assert forgetting(model, model, tokenizer, [TEXT], context=positions)["context"] == positions

@@ -110,14 +110,17 @@ def forgetting(
         raise DpolabError(
             "the model and the reference have different tokenizers, so their token losses do not compare"
         )
-    limit = min(
-        model_max_length(model, DEFAULT_MAX_CONTEXT),
-        model_max_length(reference, DEFAULT_MAX_CONTEXT),
-        DEFAULT_MAX_CONTEXT,
+    positions = min(
+        model_max_length(model, DEFAULT_MAX_CONTEXT), model_max_length(reference, DEFAULT_MAX_CONTEXT)
     )
-    context = context or limit
+    context = context or min(positions, DEFAULT_MAX_CONTEXT)
     if context < 2:
         raise DpolabError(f"context must be at least 2 tokens, not {context}")
+    if context > positions:
+        raise DpolabError(
+            f"context {context} is longer than the models' {positions} positions (their configs' "
+            f"max_position_embeddings); give --context {positions} or less"
+        )
     ids = token_stream(tokenizer, documents)
     if max_tokens is not None:
         ids = ids[:max_tokens]
