@@ -31,6 +31,16 @@ def test_grid_and_names():
     ]
     assert run_name(combos[1]) == "beta-0.1_intermediate_layers-2-3"
     assert run_name(combos[2]) == "beta-0.3_intermediate_layers-none"
+    # named by the value the config reads: 0.10 is 0.1, one folder for one config
+    assert run_name(["loss.beta=0.10", "loss.method=dpo"]) == "beta-0.1_method-dpo"
+    assert run_name(["loss.intermediate_layers=[ 2, 3 ]"]) == "intermediate_layers-2-3"
+
+
+def test_grid_refuses_a_key_or_a_value_given_twice():
+    with pytest.raises(DpolabError, match=r"loss\.beta is given twice"):
+        grid(["loss.beta=0.1", "loss.beta=0.3"])
+    with pytest.raises(DpolabError, match="lists the same value twice"):
+        grid(["loss.beta=0.1,0.10"])
 
 
 @pytest.mark.slow

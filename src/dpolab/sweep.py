@@ -13,6 +13,7 @@ starts.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 import subprocess
@@ -50,22 +51,38 @@ def split_values(text: str) -> list[str]:
 
 def grid(axes: list[str]) -> list[list[str]]:
     """Each `key=v1,v2,...` is an axis; the result is every combination as a list of overrides."""
-    parsed = []
+    parsed, keys = [], []
     for axis in axes:
         if "=" not in axis:
             raise DpolabError(f"sweep axis {axis!r} is not of the form section.key=v1,v2")
         key, values = axis.split("=", 1)
         parse_override(f"{key}=x")  # the key must name a section and a key
-        parsed.append([f"{key}={v}" for v in split_values(values)])
+        if key in keys:
+            raise DpolabError(f"sweep: {key} is given twice; list its values once, {key}=v1,v2")
+        keys.append(key)
+        values = split_values(values)
+        canonical = [_canonical(v) for v in values]
+        if len(set(canonical)) != len(canonical):
+            raise DpolabError(f"sweep: {key} lists the same value twice ({', '.join(values)})")
+        parsed.append([f"{key}={v}" for v in values])
     return [list(combo) for combo in itertools.product(*parsed)]
 
 
+def _canonical(value: str) -> str:
+    """A value as the config reads it (YAML), written one way: `0.10` and `0.1` are both `0.1`."""
+    try:
+        return json.dumps(yaml.safe_load(value), sort_keys=True)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return value
+
+
 def run_name(overrides: list[str]) -> str:
-    """A folder name from the values that vary: `loss.beta=0.1 loss.method=dpo` -> `beta-0.1_method-dpo`."""
+    """A folder name from the values that vary, as the config reads them: `loss.beta=0.10
+    loss.method=dpo` -> `beta-0.1_method-dpo`."""
     parts = []
     for override in overrides:
         key, value = override.split("=", 1)
-        value = re.sub(r"[^A-Za-z0-9.+-]+", "-", value).strip("-") or "none"
+        value = re.sub(r"[^A-Za-z0-9.+-]+", "-", _canonical(value)).strip("-") or "none"
         parts.append(f"{key.split('.')[-1]}-{value}")
     return "_".join(parts) or "base"
 
