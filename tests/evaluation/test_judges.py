@@ -159,3 +159,23 @@ def test_cli_exact_judge_against_chosen(tmp_path, capsys):
         == 2
     )
     assert "gen.jsonl, row 1, field 'prompt'" in capsys.readouterr().err
+
+
+def test_judge_cache_key_follows_the_weights(tmp_path, reward_model_dir):
+    """A judge model retrained into the same folder must not reuse the old verdicts: the cache key
+    covers its weights (and dtype), not just its path."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "rm"
+    shutil.copytree(reward_model_dir, folder)
+    before = build_judge(f"rm:{folder}", device="cpu").cache_id
+    assert before == build_judge(f"rm:{folder}", device="cpu").cache_id  # stable
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.score.weight.mul_(2)
+    model.save_pretrained(folder)
+    after = build_judge(f"rm:{folder}", device="cpu").cache_id
+    assert after != before and after.startswith(f"rm:{folder}|threshold=0.0|weights=")
+    assert "dtype=float32" in after

@@ -175,14 +175,24 @@ class RewardModelJudge(Judge):
     """Scores each answer with a sequence-classification reward model (logit 0); the higher wins,
     a margin |s_first − s_second| ≤ `threshold` is a tie. Scores are computed once per answer."""
 
-    def __init__(self, model, tokenizer, *, spec: str, threshold: float = 0.0, max_length: int = 4096):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        spec: str,
+        threshold: float = 0.0,
+        max_length: int = 4096,
+        weights: str = "",
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.spec, self.threshold, self.max_length = spec, threshold, max_length
+        self.weights = weights  # what identifies the model's weights (`model_weights_id`)
         self._scores: dict[tuple[str, str], float] = {}
 
     @property
     def cache_id(self) -> str:
-        return f"{self.spec}|threshold={self.threshold}"
+        return f"{self.spec}|threshold={self.threshold}" + (f"|{self.weights}" if self.weights else "")
 
     def render(self, prompt: str, answer: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -221,13 +231,17 @@ class CausalLMJudge(Judge):
 
     VERDICT_PREFIX = "Verdict: [["
 
-    def __init__(self, model, tokenizer, *, spec: str, template: str, threshold: float = 0.0):
+    def __init__(
+        self, model, tokenizer, *, spec: str, template: str, threshold: float = 0.0, weights: str = ""
+    ):
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.template, self.threshold = template, threshold
+        self.weights = weights  # what identifies the model's weights (`model_weights_id`)
 
     @property
     def cache_id(self) -> str:
-        return f"{self.spec}|prompt={template_hash(self.template)}|threshold={self.threshold}"
+        key = f"{self.spec}|prompt={template_hash(self.template)}|threshold={self.threshold}"
+        return key + (f"|{self.weights}" if self.weights else "")
 
     def context(self, request: JudgeRequest) -> str:
         text = render_judge_prompt(self.template, request)
@@ -269,6 +283,18 @@ class CausalLMJudge(Judge):
 JUDGE_KINDS = ("openai", "hf", "rm", "exact")
 
 
+def model_weights_id(path: str, dtype: str) -> str:
+    """A judge model's weights (the reference cache's fingerprint: a hub id, or a local folder's
+    files by size, time and ends) and dtype, so that cached verdicts of a model since retrained
+    into the same folder are not reused."""
+    import hashlib
+
+    from dpolab.reference import model_fingerprint
+
+    fingerprint = json.dumps(model_fingerprint(path), sort_keys=True)
+    return f"weights={hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}|dtype={dtype}"
+
+
 def build_judge(
     spec: str,
     *,
@@ -298,8 +324,14 @@ def build_judge(
 
     if kind == "rm":
         model, tokenizer = load_sequence_classifier(target, device=device, dtype=dtype)
-        return RewardModelJudge(model, tokenizer, spec=spec, threshold=threshold)
+        weights = model_weights_id(target, str(model.dtype).removeprefix("torch."))
+        return RewardModelJudge(model, tokenizer, spec=spec, threshold=threshold, weights=weights)
     model, tokenizer = load_causal_lm(target, device=device, dtype=dtype)
     return CausalLMJudge(
-        model, tokenizer, spec=spec, template=load_judge_prompt(judge_prompt), threshold=threshold
+        model,
+        tokenizer,
+        spec=spec,
+        template=load_judge_prompt(judge_prompt),
+        threshold=threshold,
+        weights=model_weights_id(target, str(model.dtype).removeprefix("torch.")),
     )
