@@ -93,6 +93,16 @@ def test_without_an_answer_line_the_last_result_is_taken_for_the_final_answer():
     assert spans_text("He has 3 + 4 = 7 pens, then 7 * 2 = 14 pens.") == ["7"]
 
 
+def test_given_equations_with_an_unknown_are_not_results():
+    """`2 * 16 + 2 * x = 48` and `32 + 2x = 48` state the problem (48 is given, x unknown): only
+    arithmetic on numbers yields a result; `5 x 3` is a multiplication, not an unknown."""
+    response = (
+        "We can set up the equation as follows:\n2 * 16 + 2 * x = 48\n32 + 2x = 48\n"
+        "(x - 12 - 24) / 2 = 42\nSo 48 - 32 = 16 and 5 x 3 = 15 and 3 * 2 = 6.\n#### 8"
+    )
+    assert spans_text(response) == ["16", "15", "6"]
+
+
 def test_latex_only_results_leave_nothing_to_corrupt():
     rows = json.loads(METAMATH.read_text())
     for index in (16, 17, 18):  # binomial, distance with \sqrt{5}, sum of the roots
@@ -127,12 +137,11 @@ def test_calculator_annotation_and_its_visible_copy_change_together():
 def test_metamath_fixture_pairs(tmp_path):
     examples, report = build_pairs("metamath", METAMATH, seed=0)
     rows = json.loads(METAMATH.read_text())
-    # 21 rows; 17-19 have nothing to corrupt and are reported with their numbers, not lost silently
-    assert len(examples) == 18
+    # 21 rows; 7, 11 and 13 only state given equations with an unknown (`32 + 2x = 48`), 17-19
+    # only LaTeX results: nothing to corrupt, reported with their numbers, not lost silently
+    assert len(examples) == 15
     assert [(s.row, s.field, s.reason) for s in report.skipped] == [
-        (17, "response", "no intermediate result to corrupt"),
-        (18, "response", "no intermediate result to corrupt"),
-        (19, "response", "no intermediate result to corrupt"),
+        (row, "response", "no intermediate result to corrupt") for row in (7, 11, 13, 17, 18, 19)
     ]
     first = examples[0]
     assert first.prompt == rows[0]["query"]  # prompt = query; completions start with "\n"

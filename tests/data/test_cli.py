@@ -37,12 +37,12 @@ def test_build_metamath_reports_rows_with_nothing_to_corrupt(tmp_path, capsys):
     )
     assert code == 0
     assert out.splitlines() == [
-        f"wrote 18 pairs to {out_path}",
-        f"{FIXTURES / 'metamathqa.json'}: skipped 3 rows (3 × response: no intermediate result to corrupt)",
-        "  response: no intermediate result to corrupt: rows 17, 18, 19",
+        f"wrote 15 pairs to {out_path}",
+        f"{FIXTURES / 'metamathqa.json'}: skipped 6 rows (6 × response: no intermediate result to corrupt)",
+        "  response: no intermediate result to corrupt: rows 7, 11, 13, 17, 18, 19",
     ]
     rows = read_jsonl(out_path)
-    assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected"}
+    assert len(rows) == 15 and set(rows[0]) == {"prompt", "chosen", "rejected"}
     examples, _ = load_pairs(out_path)  # the output is a standard preference file
     assert examples[0].prompt.startswith("Natalia sold clips")
 
@@ -186,7 +186,7 @@ def test_stats_text_with_a_tokenizer(tmp_path, capsys, tokenizer):
     code, out, _ = run(capsys, "stats", out_path, "--tokenizer", tmp_path / "tok")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == f"{out_path}: 18 pairs"
+    assert lines[0] == f"{out_path}: 15 pairs"
     assert lines[1].startswith("lengths in tokens:")
     assert lines[6].startswith("normalised edit distance (tokenizer tokens): mean ")
     assert len(lines) == 7 + 10  # ten histogram bins

@@ -56,11 +56,11 @@ def test_without_weights_the_sources_are_concatenated_in_order():
     examples, reports = load_sources(
         [{"path": HH}, {"path": ARC, "builder": "arc"}, {"path": METAMATH, "builder": "metamath"}]
     )
-    assert len(examples) == 20 + 60 + 18
-    assert [e.source for e in examples] == [HH] * 20 + [ARC] * 60 + [METAMATH] * 18
+    assert len(examples) == 20 + 60 + 15  # 6 of the 21 MetaMath rows have nothing to corrupt
+    assert [e.source for e in examples] == [HH] * 20 + [ARC] * 60 + [METAMATH] * 15
     assert examples[20].prompt.startswith("Question: George wants") and examples[20].chosen == " dry palms"
     # MetaMath rows without an intermediate result are reported, not lost silently
-    assert [s.row for s in reports[2].skipped] == [17, 18, 19]
+    assert [s.row for s in reports[2].skipped] == [7, 11, 13, 17, 18, 19]
 
 
 def test_weights_are_proportions_of_a_mixture_the_size_of_the_sources():

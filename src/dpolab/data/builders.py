@@ -45,6 +45,13 @@ _CONTINUES = re.compile(r"[ \t]*(?:[-+*/×÷^(:]\s*[\d($\\]|\\times|\\cdot|\\div
 _OPERATION = re.compile(
     r"[\d)%}][ \t]*(?:[-+*/×÷^]|\\times|\\cdot|\\div|x(?=[ \t]*\\?\$?\d))|\\frac|\\sqrt|\d%? of "
 )
+# a one-letter unknown in an equation (`2x + 3 = 11`, `(x - 12) / 2 = 42`, `y = 5`): a letter
+# standing alone (not in a word, not a LaTeX command) next to an operator, a bracket or (after it) a
+# coefficient; `x` between numbers is a multiplication (`5 x 3`, `2x3`), not an unknown
+_UNKNOWN = re.compile(
+    r"(?<![A-Za-z\\])(?:(?<=[-+*/^(=\d])|(?<=[-+*/^(=\d][ \t]))(?!x[ \t]*\d)[A-Za-z](?![A-Za-z])"
+    r"|(?<![A-Za-z\\])(?!x[ \t]*\d)[A-Za-z](?![A-Za-z(])(?=[ \t]*[-+*/^)])"
+)
 _FINAL_LINE = re.compile(r"^[ \t]*(?:The answer is:|####)(.*)$", re.MULTILINE)
 _NUMBER_RE = re.compile(NUMBER)
 
@@ -73,8 +80,9 @@ def final_answer_values(response: str) -> set[Decimal]:
 
 def result_candidates(response: str) -> list[tuple[int, int]]:
     """Spans `(start, end)` of the numbers that are the result of an intermediate calculation:
-    the right-hand side of an equation whose left-hand side holds an arithmetic step, not followed
-    by more of the expression, not on a final answer line and not equal to the final answer."""
+    the right-hand side of an equation whose left-hand side holds an arithmetic step on numbers
+    only (no unknown such as `x`), not followed by more of the expression, not on a final answer
+    line and not equal to the final answer."""
     finals = final_answer_values(response)
     final_lines = [(m.start(), m.end()) for m in _FINAL_LINE.finditer(response)]
     spans = []
@@ -89,6 +97,8 @@ def result_candidates(response: str) -> list[tuple[int, int]]:
         lhs = lhs[lhs.rfind("=") + 1 :]  # chained `a + b = c * d = e`: the step just before this `=`
         if not _OPERATION.search(lhs):
             continue  # `x = 5` states a value; it is not a calculation's result
+        if _UNKNOWN.search(lhs):
+            continue  # `2x + 32 = 48` is the problem's given equation, solved later: not a result
         if _value(match.group(1)) in finals:
             continue  # the final answer's own equation stays correct
         spans.append((start, end))
