@@ -203,3 +203,22 @@ def test_an_sft_run_is_labelled_sft(tmp_path):
     (run / "summary.json").write_text(json.dumps({"command": "sft", "method": None}))
     markdown = render_report([run], tmp_path / "report.html").markdown.read_text()
     assert "| sft | sft | - | - |" in markdown
+
+
+def test_the_peak_is_marked_in_the_plot(runs, tmp_path, monkeypatch):
+    """A star at each run's eval peak, its value in the legend (beside the star, two runs peaking
+    at the same step wrote over each other)."""
+    import dpolab.report.plots as plots
+    from dpolab.report.runs import load_run
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
+    plots.plot_curves([load_run(r) for r in runs], "rewards/accuracies", tmp_path / "p.png", mark_peak=True)
+    (ax,) = figures[0].axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "dpo (eval; ★ peak 0.812 @ 30)" in labels
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == len(runs) and (list(stars[0].get_xdata()), list(stars[0].get_ydata())) == (
+        [30],
+        [0.8125],
+    )

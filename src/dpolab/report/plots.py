@@ -33,24 +33,21 @@ def plot_curves(
             if not steps:
                 continue
             drawn = True
+            label = f"{run.name} ({split})"
+            if mark_peak and split == "eval":
+                # the peak's value goes in the legend: labels beside the stars overlap when runs
+                # peak at the same step
+                step, value = peak(steps, values)
+                ax.plot([step], [value], marker="*", markersize=14, color=color, markeredgecolor="black")
+                label = f"{run.name} (eval; ★ peak {value:.3f} @ {step:g})"
             ax.plot(
                 steps,
                 values,
                 SPLIT_STYLE.get(split, "-"),
                 color=color,
                 marker="." if split == "eval" else None,
-                label=f"{run.name} ({split})",
+                label=label,
             )
-            if mark_peak and split == "eval":
-                step, value = peak(steps, values)
-                ax.plot([step], [value], marker="*", markersize=14, color=color, markeredgecolor="black")
-                ax.annotate(
-                    f"peak {value:.3f} @ {step:g}",
-                    (step, value),
-                    textcoords="offset points",
-                    xytext=(6, 6),
-                    fontsize=8,
-                )
     if not drawn:
         return None
     ax.set_xlabel("step")
