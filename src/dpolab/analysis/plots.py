@@ -72,5 +72,6 @@ def plot_tokens(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("mean per-token log-prob")
     ax.set_title(f"Log-probs around the first differing token m ({result['n_pairs']} pairs)")
-    ax.legend(fontsize=8)
+    # beside the axes: inside, it covered the last model's bars
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)

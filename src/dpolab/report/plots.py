@@ -104,7 +104,8 @@ def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.Pat
     ax.set_xlim(0, 1.35)
     ax.set_xlabel("fraction of judged pairs")
     ax.set_title("Pairwise judging (both orders; disagreement = tie)")
-    ax.legend(fontsize=8, loc="lower right")
+    # beside the axes: inside, it covered the win-rate labels
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)
 
 
