@@ -98,6 +98,19 @@ def test_lora_section_is_typed():
             ),
             "training.load_best_model_at_end is set by early_stopping",
         ),
+        (
+            with_(
+                early_stopping={"patience": 2, "metric": "rewards/accuracy"},
+                data={"train": "t", "eval_size": 0.1},
+            ),
+            "early_stopping.metric: 'rewards/accuracy' is not logged at evaluation by this run; use one of "
+            "loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, "
+            "logps/rejected, dpo_likelihood, loss/final; did you mean 'rewards/accuracies'?",
+        ),
+        (
+            with_(early_stopping={"metric": "layers/2/rewards/accuracies"}),
+            "a layers/<k>/ metric needs k in loss.intermediate_layers",
+        ),
         (with_(training={"remove_unused_columns": True}), "training.remove_unused_columns is set by dpolab"),
         (
             with_(training={"learning_rate": "1e-3x"}),
@@ -123,6 +136,50 @@ def test_sft_ignores_the_loss_section():
     with pytest.raises(DpolabError):
         config_from_dict(values)
     assert config_from_dict(values, sft=True).loss.dpop_lambda == 10
+
+
+ES = {"early_stopping": {"patience": 2}, "data": {"train": "t", "eval_size": 0.1}}
+
+
+def test_sft_early_stopping_watches_eval_loss(tmp_path):
+    """`dpolab sft` logs no rewards: its early stopping keeps the lowest eval loss (as a TRL
+    SFTTrainer or HF Trainer run does with metric_for_best_model loss)."""
+    from dpolab.runner import training_arguments
+
+    out = {"training": {"output_dir": str(tmp_path)}}
+    args = training_arguments(config_from_dict(with_(**ES, **out), sft=True), has_eval=True, sft=True)
+    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
+    assert args.load_best_model_at_end is True
+    args = training_arguments(config_from_dict(with_(**ES, **out)), has_eval=True)
+    assert args.metric_for_best_model == "eval_rewards/accuracies" and args.greater_is_better is True
+    values = with_(**ES, **out)
+    values["early_stopping"]["metric"] = "loss"  # lower is better for a loss, also in `train`
+    args = training_arguments(config_from_dict(values), has_eval=True)
+    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
+
+    values["early_stopping"]["metric"] = "rewards/accuracies"  # a train config's metric, in sft
+    with pytest.raises(DpolabError) as err:
+        config_from_dict(values, sft=True)
+    assert str(err.value) == (
+        "early_stopping.metric: 'rewards/accuracies' is not logged at evaluation by dpolab sft (no rewards; by "
+        "default it stops on eval loss); use one of loss, logps/per_token"
+    )
+
+
+def test_every_metric_the_objective_returns_is_named_for_early_stopping():
+    import torch
+
+    from dpolab.logprobs import LayerLogprobs
+    from dpolab.objective import PreferenceObjective, preference_metric_names
+
+    for method, layers in (("dpo", ()), ("dpop", (1, 2)), ("ipo", (2,))):
+        objective = PreferenceObjective(method=method, beta=0.1, final_layer=3, intermediate_layers=layers)
+        n = len(objective.layers)
+        policy = LayerLogprobs(
+            logps=-torch.rand(n, 4), num_tokens=torch.tensor([3, 2, 4, 1]), layers=objective.layers
+        )
+        _, metrics = objective(policy, -torch.rand(n, 4))
+        assert sorted(metrics) == sorted(preference_metric_names(method, layers)), method
 
 
 def test_overrides_are_yaml_values(tmp_path):

@@ -128,6 +128,82 @@ def test_layer_outside_the_model_fails_before_weights_load(tmp_path, tokenizer, 
     assert "loss.intermediate_layers: layer 4 is outside 1..3" in err and "Traceback" not in err
 
 
+def _config_only(folder, tokenizer, **config):
+    """A model folder with a config and a tokenizer but no weights: only the config may be read."""
+    tiny_config("llama", **{"vocab_size": len(tokenizer), **config}).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_reference_with_a_smaller_vocabulary_fails_before_weights_load(
+    tmp_path, tokenizer, model_dir, capsys
+):
+    reference = _config_only(tmp_path / "ref-v100", tokenizer, vocab_size=100)
+    train = write_lines(tmp_path / "train.jsonl", good_rows())
+    config = write_config(tmp_path, model_dir, train, model={"ref_name_or_path": str(reference)})
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dpolab train: error: model.ref_name_or_path {reference}: its embeddings hold 100 tokens, but the "
+        f"tokenizer ({model_dir}) has {len(tokenizer)}; the policy and the reference must share the "
+        f"tokenizer's vocabulary\n"
+    )
+
+
+def test_resume_with_no_checkpoint_fails_before_models_load(tmp_path, tokenizer, capsys):
+    model = _config_only(tmp_path / "config-only", tokenizer)
+    train = write_lines(tmp_path / "train.jsonl", good_rows())
+    config = write_config(tmp_path, model, train, training={"resume_from_checkpoint": True})
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dpolab train: error: training.resume_from_checkpoint: true, but {tmp_path / 'out'} holds no "
+        f"checkpoint-N folder to resume from; name a checkpoint folder, or remove the option to start afresh\n"
+    )
+
+
+def test_resume_true_takes_the_last_checkpoint(tmp_path):
+    from dpolab.runner import resume_target
+
+    values = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"}}
+    values["training"] = {"output_dir": str(tmp_path), "resume_from_checkpoint": True}
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    assert resume_target(config_from_dict(values)) == str(tmp_path / "checkpoint-10")
+
+
+def test_mistyped_early_stopping_metric_fails_at_start_up(tmp_path, tokenizer, capsys):
+    model = _config_only(tmp_path / "config-only", tokenizer)
+    train = write_lines(tmp_path / "train.jsonl", good_rows())
+    config = write_config(
+        tmp_path,
+        model,
+        train,
+        data={"eval_size": 2},
+        early_stopping={"patience": 1, "metric": "rewards/accuracy"},
+    )
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "early_stopping.metric: 'rewards/accuracy' is not logged at evaluation" in err
+    assert "did you mean 'rewards/accuracies'?" in err and err.count("\n") == 1
+
+
+def test_sft_early_stopping_keeps_the_lowest_eval_loss(tmp_path, model_dir):
+    train = write_lines(tmp_path / "train.jsonl", good_rows(12))
+    config = write_config(
+        tmp_path,
+        model_dir,
+        train,
+        data={"eval_size": 4},
+        early_stopping={"patience": 1},
+        training={"max_steps": 4, "eval_steps": 1, "learning_rate": 5e-3, "per_device_train_batch_size": 4},
+    )
+    assert main(["sft", str(config)]) == 0
+    evals = [x for x in _lines(tmp_path / "out" / "metrics.jsonl") if x["split"] == "eval"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert evals and summary["best_metric"] == pytest.approx(min(x["loss"] for x in evals))
+
+
 @pytest.mark.parametrize(
     "model,train,message",
     [
@@ -207,6 +283,21 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, model_dir):
     for a, b in zip(whole[3:], resumed[3:]):
         for key in ("loss", "rewards/margins", "rewards/accuracies", "layers/2/loss", "logps/chosen"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    # the summary's train_loss is the mean over all six steps, not over the three resumed ones
+    summaries = [json.loads((out / "summary.json").read_text()) for out in (tmp_path / "whole", killed)]
+    assert summaries[1]["train_loss"] == pytest.approx(summaries[0]["train_loss"], rel=1e-5)
+    assert summaries[0]["train_loss_from_step"] == summaries[1]["train_loss_from_step"] == 1
+
+
+def test_train_loss_after_a_resume_between_logging_steps_is_the_resumed_steps_mean():
+    from dpolab.runner import whole_run_train_loss
+
+    history = [{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5}, {"step": 4, "eval_loss": 9.0}]
+    # resumed at step 4, trained 5..6 with mean 0.2: (2·1.0 + 2·0.5 + 2·0.2) / 6
+    assert whole_run_train_loss(history, start=4, end=6, session_loss=0.2) == (pytest.approx(3.4 / 6), 1)
+    # resumed at step 3: the loss of step 3 was never logged
+    assert whole_run_train_loss(history[:1], start=3, end=6, session_loss=0.2) == (0.2, 4)
+    assert whole_run_train_loss([], start=0, end=6, session_loss=0.3) == (0.3, 1)
 
 
 def test_resume_drops_a_torn_last_metrics_line_and_nothing_else():

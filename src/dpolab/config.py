@@ -48,7 +48,9 @@ class DataSection:
     split: str | None = None  # split of a hub dataset for `train` (default "train")
     eval: str | list[dict[str, Any]] | None = None
     eval_split: str | None = None  # split of a hub dataset for `eval` (default "test")
-    eval_size: float | int | None = None  # hold out this fraction (<1) or number of training pairs for eval
+    # hold out this fraction (<1) or number of the distinct training pairs for eval, by source row:
+    # a row a weighted mixture repeats is wholly in train or in eval (once) (dpolab.runner.hold_out)
+    eval_size: float | int | None = None
     mix_strategy: str = "sum"  # weighted mixtures: sum | interleave_under | interleave_over
     builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
     source: str | None = None  # raw dataset for `builder`
@@ -79,7 +81,10 @@ class ReferenceSection:
 @dataclass
 class EarlyStoppingSection:
     patience: int | None = None  # evaluations without a new peak before stopping
-    metric: str = "rewards/accuracies"  # an eval metric; higher is better
+    # an eval metric the run logs (loss, rewards/margins, layers/8/rewards/accuracies, ...); the
+    # losses and dpop/penalty are better lower, the others higher. `dpolab sft` logs no rewards: it
+    # watches eval loss (lower is better) unless this names logps/per_token
+    metric: str = "rewards/accuracies"
     threshold: float = 0.0
 
 
@@ -312,6 +317,39 @@ def _check_training_type(key: str, value: Any) -> None:
         raise DpolabError(f"training.{key}: expected {_SCALARS[kind]}, got {value!r}")
 
 
+def early_stopping_metric(config: RunConfig, *, sft: bool = False) -> str:
+    """The eval metric early stopping watches: `early_stopping.metric`, except that `dpolab sft`,
+    which logs no rewards, watches eval loss unless the config names a metric itself."""
+    if sft and "early_stopping.metric" not in config.explicit:
+        return "loss"
+    return config.early_stopping.metric
+
+
+def eval_metric_names(config: RunConfig, *, sft: bool = False) -> tuple[str, ...]:
+    """The metrics a run logs at each evaluation (as `eval_<name>`)."""
+    from dpolab.objective import SFT_METRICS, preference_metric_names
+
+    if sft:
+        return ("loss", *SFT_METRICS)
+    return ("loss", *preference_metric_names(config.loss.method, config.loss.intermediate_layers))
+
+
+def _check_early_stopping_metric(config: RunConfig, *, sft: bool) -> None:
+    if config.early_stopping.patience is None and "early_stopping.metric" not in config.explicit:
+        return
+    metric = early_stopping_metric(config, sft=sft)
+    names = eval_metric_names(config, sft=sft)
+    if metric not in names:
+        what = "dpolab sft (no rewards; by default it stops on eval loss)" if sft else "this run"
+        hint = _suggest(metric, names)
+        if not sft and metric.startswith("layers/"):
+            hint = "; a layers/<k>/ metric needs k in loss.intermediate_layers"
+        raise DpolabError(
+            f"early_stopping.metric: {metric!r} is not logged at evaluation by {what}; use one of "
+            f"{', '.join(names)}{hint}"
+        )
+
+
 def validate(config: RunConfig, *, sft: bool = False) -> None:
     """Conflicts and missing values that can be found without loading a model."""
     explicit = config.explicit
@@ -393,10 +431,11 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
             if key in training:
                 raise DpolabError(
                     f"training.{key} is set by early_stopping; remove it (the best checkpoint by "
-                    f"eval {es.metric} is kept)"
+                    f"eval {early_stopping_metric(config, sft=sft)} is kept)"
                 )
 
     if sft:
+        _check_early_stopping_metric(config, sft=True)
         return  # the loss and reference sections play no part in SFT
     loss = config.loss
     if loss.beta <= 0:
@@ -419,8 +458,7 @@ def validate(config: RunConfig, *, sft: bool = False) -> None:
         raise DpolabError(f"loss.gamma: {loss.gamma} must be in [0, 1] (the paper uses 0.9)")
     if len(set(loss.intermediate_layers)) != len(loss.intermediate_layers):
         raise DpolabError(f"loss.intermediate_layers: {loss.intermediate_layers} lists a layer twice")
-    if es.patience is not None and es.metric.startswith("layers/") and not loss.intermediate_layers:
-        raise DpolabError(f"early_stopping.metric {es.metric} needs loss.intermediate_layers")
+    _check_early_stopping_metric(config, sft=False)
 
 
 def check_layers_against_model(config: RunConfig, num_layers: int) -> None:

@@ -149,9 +149,14 @@ def load_causal_lm(name_or_path: str, section: ModelSection) -> nn.Module:
     return model
 
 
-def apply_lora(model: nn.Module, section: ModelSection) -> nn.Module:
-    """Wrap the model with fresh LoRA adapters (peft); only the adapters train."""
+def apply_lora(model: nn.Module, section: ModelSection, *, seed: int = 42) -> nn.Module:
+    """Wrap the model with fresh LoRA adapters (peft); only the adapters train.
+
+    The adapters' random initialisation is drawn right after seeding with `seed` (the run's
+    `training.seed`): they exist before the Trainer seeds, and the same seed must give the same
+    adapters whatever ran before in the process."""
     from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
 
     lora = section.lora
     peft_config = LoraConfig(
@@ -161,14 +166,19 @@ def apply_lora(model: nn.Module, section: ModelSection) -> nn.Module:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    set_seed(seed)
     try:
         return get_peft_model(model, peft_config)
     except ValueError as err:
         raise DpolabError(f"model.lora.target_modules: {_first_line(err)}") from None
 
 
-def load_policy(section: ModelSection, *, merged_start: Path | None = None, write: bool = True) -> nn.Module:
-    """The model to train: full weights, or the model with LoRA adapters when `lora` is set.
+def load_policy(
+    section: ModelSection, *, merged_start: Path | None = None, write: bool = True, seed: int = 42
+) -> nn.Module:
+    """The model to train: full weights, or the model with LoRA adapters when `lora` is set, their
+    initialisation seeded with `seed` (the run's `training.seed`, 42 by default as in
+    TrainingArguments).
 
     Starting from an adapter folder under LoRA, the new adapter trains on the merged start, which
     exists nowhere on disk: it is saved to `merged_start` (when `write`: the first process) and
@@ -185,7 +195,7 @@ def load_policy(section: ModelSection, *, merged_start: Path | None = None, writ
             model.name_or_path = str(merged_start)  # what peft records as the adapter's base
             model.config.name_or_path = str(merged_start)
             log.info("model: the merged start is saved in %s, the new adapter's base", merged_start)
-        model = apply_lora(model, section)
+        model = apply_lora(model, section, seed=seed)
     return model
 
 

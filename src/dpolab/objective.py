@@ -87,6 +87,40 @@ class PreferenceObjective:
         return per_pair.mean(), metrics
 
 
+PAIR_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "dpo_likelihood",
+)
+SFT_METRICS = ("logps/per_token",)
+
+
+def preference_metric_names(
+    method: str, intermediate_layers: tuple[int, ...] | list[int] = ()
+) -> tuple[str, ...]:
+    """The names of the metrics `PreferenceObjective` returns for this method and these layers
+    (the Trainer logs each at evaluation as `eval_<name>`, beside `eval_loss`)."""
+    names = [*PAIR_METRICS, "loss/final"]
+    for layer in intermediate_layers:
+        names += [f"layers/{layer}/{name}" for name in (*PAIR_METRICS, "loss")]
+    if intermediate_layers:
+        names.append("loss/intermediate")
+    if method == "dpop":
+        names.append("dpop/penalty")
+    return tuple(names)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of a logged metric is the better one: the losses and DPOP's penalty."""
+    return (
+        metric == "loss" or metric.startswith("loss/") or metric.endswith("/loss") or metric == "dpop/penalty"
+    )
+
+
 def pair_metrics(policy: torch.Tensor, reference: torch.Tensor, *, beta: float, prefix: str = "") -> Metrics:
     """TRL-named metrics of one layer from summed log-probs `(2B,)` (chosen/rejected interleaved).
 
@@ -122,4 +156,4 @@ class SFTObjective:
         sums = policy[self.final_layer]
         tokens = policy.num_tokens.to(sums.dtype)
         loss = -sums.sum() / tokens.sum().clamp(min=1)
-        return loss, {"logps/per_token": (sums / tokens.clamp(min=1)).detach()}
+        return loss, {SFT_METRICS[0]: (sums / tokens.clamp(min=1)).detach()}

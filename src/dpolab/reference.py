@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,35 @@ def _peft_model(model: nn.Module):
     return model
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode (no dropout) inside the block; every submodule gets back the mode it
+    had (a module the caller kept in eval mode stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 class AdapterDisabledReference:
-    """The policy itself with its LoRA adapters switched off: no second copy in memory."""
+    """The policy itself with its LoRA adapters switched off: no second copy in memory.
+
+    The reference's log-probs are computed in eval mode, as those of the frozen copy (loaded in
+    eval mode) and of the precomputation are: the Trainer keeps the policy in train mode, and with
+    dropout on the reference would be a different random function at every call. Under
+    `torch.no_grad` and after the policy's own forward of the step, this changes nothing of that
+    forward or its gradients (dropout masks are drawn at forward time, and gradient checkpointing
+    recomputes after the mode is restored)."""
 
     def __init__(self, layers: Sequence[int], *, final_norm: bool = True, chunk_tokens: int | None = None):
         self.layers, self.final_norm, self.chunk_tokens = tuple(layers), final_norm, chunk_tokens
 
     @torch.no_grad()
     def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
-        with _peft_model(policy).disable_adapter():
+        with eval_mode(policy), _peft_model(policy).disable_adapter():
             out = layer_logprobs(
                 policy,
                 batch,
@@ -104,28 +125,51 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DPOLAB_CACHE", Path.home() / ".cache" / "dpolab")) / "reference"
 
 
+# The files of a model folder that its log-probs depend on.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_CONFIG_FILES = ("config.json", "adapter_config.json")
+_ENDS = 1 << 20  # bytes hashed at each end of a weight file
+
+
+def _is_model_file(file: Path) -> bool:
+    return file.name in _CONFIG_FILES or file.suffix in _WEIGHT_SUFFIXES or file.name.endswith(".index.json")
+
+
 def model_fingerprint(name_or_path: str) -> dict[str, Any]:
-    """What identifies a model's weights: for a local folder its config and the size and ends of
-    each weight file; for a hub id, the id."""
-    path = Path(name_or_path)
+    """What identifies a model's weights, for the precomputed-reference cache key.
+
+    For a hub id: the id. For a local folder: its absolute path and, for each of its config,
+    adapter config, weight and index files, the name, size, modification time (`st_mtime_ns`) and
+    a hash of the first and last MiB. Hashing multi-GB files whole on every run would cost minutes;
+    the modification time is what catches a change the two ends miss: a file saved again (in place,
+    by `save_pretrained` or anything else) gets a new one. The rule errs on the safe side: a copy of
+    the same weights, or a `touch`, also gets a new time and only misses the cache (the log-probs
+    are computed again); a change that kept size, ends and time (a tool that restores the time on
+    purpose) would go unseen.
+
+    For a LoRA adapter folder (`dpolab.models.adapter_base`) the base model's fingerprint is part
+    of it: the adapter's log-probs are those of the base with the adapter merged in."""
+    from dpolab.models import adapter_base
+
+    path = Path(os.path.expanduser(name_or_path))
     if not path.is_dir():
         return {"hub_id": name_or_path}
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
-        if (
-            file.name == "config.json"
-            or file.suffix in (".safetensors", ".bin")
-            or file.name.endswith(".index.json")
-        ):
-            digest.update(file.name.encode())
-            size = file.stat().st_size
-            digest.update(str(size).encode())
-            with file.open("rb") as handle:
-                digest.update(handle.read(1 << 20))
-                if size > 2 << 20:
-                    handle.seek(-(1 << 20), os.SEEK_END)
-                    digest.update(handle.read(1 << 20))
-    return {"path": str(path.resolve()), "files": digest.hexdigest()}
+        if not (file.is_file() and _is_model_file(file)):
+            continue
+        stat = file.stat()
+        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(_ENDS))
+            if stat.st_size > 2 * _ENDS:
+                handle.seek(-_ENDS, os.SEEK_END)
+                digest.update(handle.read(_ENDS))
+    fingerprint: dict[str, Any] = {"path": str(path.resolve()), "files": digest.hexdigest()}
+    base = adapter_base(str(path))
+    if base is not None:
+        fingerprint["base"] = model_fingerprint(base)
+    return fingerprint
 
 
 def cache_key(

@@ -16,6 +16,7 @@ from dpolab.reference import (
     cached_reference_logps,
     compute_reference_logps,
     default_cache_dir,
+    eval_mode,
     model_fingerprint,
 )
 
@@ -37,6 +38,42 @@ def check_sharding(config: RunConfig) -> None:
             "would run outside DeepSpeed's engine on partitioned weights; use ZeRO-2 or FSDP "
             "(examples/accelerate/fsdp.yaml) for full fine-tuning"
         )
+
+
+def check_vocabulary(config: RunConfig, tokenizer, policy_config, reference_config=None) -> None:
+    """Every token id the tokenizer can produce must have a row in the policy's embeddings and in
+    the reference's (`ref_name_or_path`), or the forward pass fails with an IndexError deep in
+    torch. Checked from the model configs (`vocab_size`) before any weights load. A reference whose
+    vocabulary size differs from the policy's but still covers the tokenizer (embeddings padded to
+    another multiple) runs and is only warned about: it may have been trained with another
+    tokenizer, and the reference then scores tokens it never saw as those ids."""
+    section = config.model
+    tokens = len(tokenizer)
+    tokenizer_name = section.tokenizer_name_or_path or section.name_or_path
+    models = [
+        ("model.name_or_path", section.name_or_path, policy_config, "give the model's own tokenizer"),
+    ]
+    if reference_config is not None:
+        advice = "the policy and the reference must share the tokenizer's vocabulary"
+        models.append(("model.ref_name_or_path", section.ref_name_or_path, reference_config, advice))
+    for key, name, model_config, advice in models:
+        size = getattr(model_config, "vocab_size", None)
+        if size is not None and tokens > size:
+            raise DpolabError(
+                f"{key} {name}: its embeddings hold {size} tokens, but the tokenizer ({tokenizer_name}) has "
+                f"{tokens}; {advice}"
+            )
+    if reference_config is not None:
+        sizes = (getattr(policy_config, "vocab_size", None), getattr(reference_config, "vocab_size", None))
+        if None not in sizes and sizes[0] != sizes[1]:
+            log.warning(
+                "model.ref_name_or_path %s has a vocabulary of %d, the policy %d: check that both use the "
+                "tokenizer %s",
+                section.ref_name_or_path,
+                sizes[1],
+                sizes[0],
+                tokenizer_name,
+            )
 
 
 def build_reference(config: RunConfig, policy, layers, prepared, collator, args):
@@ -86,14 +123,10 @@ def build_reference(config: RunConfig, policy, layers, prepared, collator, args)
                 policy.to(args.device)
             else:
                 reference.to(args.device)
-            training = policy.training
-            policy.eval()  # no dropout in the reference's log-probs
-            try:
+            with eval_mode(policy):  # no dropout in the reference's log-probs
                 values = compute_reference_logps(
                     reference, pairs, collator, batch_size=batch_size, device=args.device, policy=owner
                 )
-            finally:
-                policy.train(training)
             del reference
             gc.collect()
             return values

@@ -6,6 +6,7 @@ config and layer numbers, tokenizer, every data row) is checked before a model l
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -83,7 +84,11 @@ def merge_reports(reports: list[BadRowReport]) -> list[BadRowReport]:
     return [r for r in merged.values() if r.skipped]
 
 
-def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData):
+def _tokenize_all(
+    examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData, origins=None
+):
+    """The tokenised pairs of `examples`; when `origins` is a list, appends to it the
+    `(source file, row)` each pair came from."""
     data = config.data
     policies: dict[str, BadRowPolicy] = {}  # one per file, so that messages name the file of the row
     tokenize = tokenize_sft if sft else tokenize_pair
@@ -104,6 +109,8 @@ def _tokenize_all(examples, source: str, tokenizer, config: RunConfig, *, sft: b
         item = pair.to_dict()
         item["length"] = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
         pairs.append(item)
+        if origins is not None:
+            origins.append((example.source or source, example.row))
     prepared.reports += [p.report for p in policies.values()]
     for index, item in enumerate(pairs):
         item["index"] = index
@@ -120,6 +127,54 @@ def _spec_name(spec) -> str:
     return str(spec)
 
 
+def hold_out(
+    pairs: list[dict[str, Any]], origins: list[tuple[str, int]], eval_size: float | int, *, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval): `data.eval_size` of the pairs held out for evaluation, by source row.
+
+    A weighted mixture may repeat a source row (and a builder makes several pairs of one raw row):
+    the unit held out is the row, `origins[i]` = (source file, row) of `pairs[i]`, so that no row
+    lies on both sides. The rows are shuffled with `seed` and held out in that order until the eval
+    side has `eval_size` distinct pairs (a fraction < 1 of the distinct pairs, or a number); it
+    keeps each distinct pair once (a mixture's copies would only weight the metrics), and training
+    keeps every copy of the other rows. Without repeats (one file, no builder) this is a plain
+    seeded hold-out of `eval_size` pairs."""
+
+    def content(i: int):
+        pair = pairs[i]
+        return origins[i], *(tuple(pair[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+
+    distinct = list(dict.fromkeys(content(i) for i in range(len(pairs))))
+    n_eval = round(eval_size * len(distinct)) if eval_size < 1 else int(eval_size)
+    if not 0 < n_eval < len(distinct):
+        raise DpolabError(
+            f"data.eval_size: {eval_size} leaves {n_eval} of {len(distinct)} distinct pairs for "
+            f"evaluation; choose a size that keeps pairs on both sides"
+        )
+    rows = list(dict.fromkeys(origins))
+    pairs_of_row: dict[tuple[str, int], int] = {}
+    for key in distinct:
+        pairs_of_row[key[0]] = pairs_of_row.get(key[0], 0) + 1
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held, count = set(), 0
+    for index in order:
+        if count >= n_eval:
+            break
+        held.add(rows[index])
+        count += pairs_of_row[rows[index]]
+    if len(held) == len(rows):
+        raise DpolabError(f"data.eval_size: {eval_size} holds out every source row; choose a smaller size")
+    seen, eval_pairs = set(), []
+    for i, pair in enumerate(pairs):
+        key = content(i)
+        if origins[i] in held and key not in seen:
+            seen.add(key)
+            eval_pairs.append(pair)
+    train_pairs = [pair for i, pair in enumerate(pairs) if origins[i] not in held]
+    return train_pairs, eval_pairs
+
+
 def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> PreparedData:
     """Load, normalise, tokenise and truncate the train (and eval) pairs; apply on_bad_rows.
     `reports` ends with one bad-row report per source file that lost rows."""
@@ -128,8 +183,9 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
     spec = train_spec(config)
     train_examples, reports = _load_examples(spec, split=data.split, config=config, limit=data.limit)
     prepared.reports += reports
+    origins: list[tuple[str, int]] = []
     prepared.train = _tokenize_all(
-        train_examples, _spec_name(spec), tokenizer, config, sft=sft, prepared=prepared
+        train_examples, _spec_name(spec), tokenizer, config, sft=sft, prepared=prepared, origins=origins
     )
     if data.eval:
         eval_examples, reports = _load_examples(data.eval, split=data.eval_split or "test", config=config)
@@ -138,17 +194,9 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
             eval_examples, _spec_name(data.eval), tokenizer, config, sft=sft, prepared=prepared
         )
     elif data.eval_size is not None:
-        n_eval = round(data.eval_size * len(prepared.train)) if data.eval_size < 1 else int(data.eval_size)
-        if not 0 < n_eval < len(prepared.train):
-            raise DpolabError(
-                f"data.eval_size: {data.eval_size} leaves {n_eval} of {len(prepared.train)} pairs "
-                f"for evaluation; choose a size that keeps pairs on both sides"
-            )
-        order = list(range(len(prepared.train)))
-        random.Random(int(config.training.get("seed", 42))).shuffle(order)
-        held = set(order[:n_eval])
-        prepared.eval = [p for i, p in enumerate(prepared.train) if i in held]
-        prepared.train = [p for i, p in enumerate(prepared.train) if i not in held]
+        prepared.train, prepared.eval = hold_out(
+            prepared.train, origins, data.eval_size, seed=int(config.training.get("seed", 42))
+        )
         for part in (prepared.train, prepared.eval):
             for index, item in enumerate(part):
                 item["index"] = index
@@ -156,11 +204,13 @@ def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> Prepared
     return prepared
 
 
-def training_arguments(config: RunConfig, *, has_eval: bool):
-    """`TrainingArguments` from the `training` section, dpolab's defaults and early stopping."""
+def training_arguments(config: RunConfig, *, has_eval: bool, sft: bool = False):
+    """`TrainingArguments` from the `training` section, dpolab's defaults and early stopping (on
+    `early_stopping_metric`, in the direction that metric improves)."""
     from transformers import TrainingArguments
 
-    from dpolab.config import TRAINING_DEFAULTS
+    from dpolab.config import TRAINING_DEFAULTS, early_stopping_metric
+    from dpolab.objective import lower_is_better
 
     values = {**TRAINING_DEFAULTS, **config.training}
     values.pop("resume_from_checkpoint", None)
@@ -176,8 +226,11 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
         values.setdefault("eval_steps", values.get("logging_steps"))
     es = config.early_stopping
     if es.patience is not None:
+        metric = early_stopping_metric(config, sft=sft)
         values.update(
-            load_best_model_at_end=True, metric_for_best_model=f"eval_{es.metric}", greater_is_better=True
+            load_best_model_at_end=True,
+            metric_for_best_model=f"eval_{metric}",
+            greater_is_better=not lower_is_better(metric),
         )
         if "save_strategy" not in config.training:
             values["save_strategy"] = values.get("eval_strategy", "steps")
@@ -189,15 +242,60 @@ def training_arguments(config: RunConfig, *, has_eval: bool):
         raise DpolabError(f"training: {str(err).strip().splitlines()[0]}") from None
 
 
-def _resume_target(config: RunConfig) -> str | bool | None:
+def resume_target(config: RunConfig) -> str | None:
+    """The checkpoint folder `training.resume_from_checkpoint` names: a folder, or for `true`
+    (or `last`) the last `checkpoint-N` in `training.output_dir`, as the Trainer would pick it;
+    checked before anything loads."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from dpolab.config import TRAINING_DEFAULTS
+
     value = config.training.get("resume_from_checkpoint")
     if value in (None, False, ""):
         return None
     if value is True or value == "true" or value == "last":
-        return True
+        output_dir = config.training.get("output_dir", TRAINING_DEFAULTS["output_dir"])
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise DpolabError(
+                f"training.resume_from_checkpoint: {str(value).lower()}, but {output_dir} holds no checkpoint-N folder to "
+                f"resume from; name a checkpoint folder, or remove the option to start afresh"
+            )
+        return last
     if not Path(value).is_dir():
         raise DpolabError(f"training.resume_from_checkpoint: {value} is not a checkpoint folder")
     return value
+
+
+def _resumed_step(checkpoint: str | None) -> int:
+    """The step a run resumed from `checkpoint` starts after (0: a fresh start, or a checkpoint
+    without trainer_state.json, from which the Trainer takes the weights only)."""
+    state = Path(checkpoint) / "trainer_state.json" if checkpoint else None
+    if state is None or not state.is_file():
+        return 0
+    return int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0))
+
+
+def whole_run_train_loss(log_history: list[dict[str, Any]], *, start: int, end: int, session_loss: float):
+    """(mean training loss, first step it covers) for a run that trained steps start+1..end in
+    this session with mean `session_loss`, after resuming at step `start`.
+
+    The Trainer's `training_loss` covers this session's steps only; the steps before a resume are
+    in the checkpoint's log history (each train entry: the mean loss since the previous one). When
+    that history reaches the resume step exactly, the mean is over all steps 1..end; otherwise
+    (the checkpoint fell between two logging steps) it stays the session's, from step start+1."""
+    if start == 0:
+        return session_loss, 1
+    logged = sorted(
+        (entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and entry["step"] <= start
+    )
+    if not logged or logged[-1][0] != start or end <= start:
+        return session_loss, start + 1
+    total, previous = 0.0, 0
+    for step, loss in logged:
+        total += loss * (step - previous)
+        previous = step
+    return (total + session_loss * (end - start)) / end, 1
 
 
 def last_checkpoint_before(output_dir: Path, step: int) -> Path | None:
@@ -217,33 +315,41 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import ProgressCallback
 
+    from dpolab.architectures import num_layers_of
     from dpolab.callbacks import LiveProgressCallback, MetricsJsonlCallback, NonFiniteLossCallback
     from dpolab.collate import PairCollator, SequenceCollator
     from dpolab.models import (
         adapter_base,
         count_parameters,
+        load_model_config,
         load_policy,
         load_tokenizer,
-        model_num_layers,
     )
     from dpolab.objective import PreferenceObjective, SFTObjective
-    from dpolab.reference_setup import build_reference, check_sharding
+    from dpolab.reference_setup import build_reference, check_sharding, check_vocabulary
     from dpolab.trainer import DpolabTrainer
 
     first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
     if not first_process:
         log.setLevel(logging.WARNING)  # the first process reports for all
     section = config.model
-    num_layers = model_num_layers(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    resume = resume_target(config)
+    policy_config = load_model_config(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    num_layers = num_layers_of(policy_config)
     if not sft:
         check_layers_against_model(config, num_layers)
     tokenizer = load_tokenizer(section)
+    reference_config = None
+    if not sft and section.ref_name_or_path is not None:
+        reference_config = load_model_config(
+            section.ref_name_or_path, trust_remote_code=section.trust_remote_code
+        )
+    check_vocabulary(config, tokenizer, policy_config, reference_config)
     prepared = prepare_data(config, tokenizer, sft=sft)
     has_eval = prepared.eval is not None
-    args = training_arguments(config, has_eval=has_eval)
+    args = training_arguments(config, has_eval=has_eval, sft=sft)
     if not sft:
         check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
-    resume = _resume_target(config)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if first_process:
@@ -261,7 +367,7 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
     log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if has_eval else "no")
 
     merged_start = (output_dir / MERGED_START).resolve()
-    policy = load_policy(section, merged_start=merged_start, write=first_process)
+    policy = load_policy(section, merged_start=merged_start, write=first_process, seed=args.seed)
     if first_process and section.lora is not None and adapter_base(section.name_or_path):
         tokenizer.save_pretrained(merged_start)  # a whole model folder, as the new adapter's base
     trainable, total = count_parameters(policy)
@@ -324,11 +430,19 @@ def run(config: RunConfig, *, sft: bool = False, callbacks: tuple = ()) -> dict[
             f"was not saved; {last} (lower training.learning_rate, or check the data)"
         )
     trainer.save_model(str(output_dir))
+    start = _resumed_step(resume)
+    train_loss, train_loss_from = whole_run_train_loss(
+        trainer.state.log_history,
+        start=start,
+        end=trainer.state.global_step,
+        session_loss=result.training_loss,
+    )
     summary = {
         "command": "sft" if sft else "train",
         "method": None if sft else config.loss.method,
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
+        "train_loss_from_step": train_loss_from,
         "train_runtime": result.metrics.get("train_runtime"),
         "pairs": {"train": len(prepared.train), "eval": len(prepared.eval) if has_eval else 0},
         "skipped_rows": sum(len(r) for r in prepared.reports),

@@ -56,6 +56,60 @@ def test_json_list_dict_of_columns_and_data_key(tmp_path):
         list(read_rows(tmp_path / "broken.json"))
 
 
+USER = {"role": "user", "content": "Question: 3 + 5?"}
+SINGLE_ROWS = {
+    "standard": {"prompt": "Question: 3 + 5?", "chosen": " 8", "rejected": " 9"},
+    # prompt, chosen and rejected: lists of one message each, of equal length like columns' lists
+    "conversational": {
+        "prompt": [USER],
+        "chosen": [{"role": "assistant", "content": "8"}],
+        "rejected": [{"role": "assistant", "content": "9"}],
+    },
+    # UltraFeedback-binarized: chosen and rejected are whole conversations of equal length
+    "ultrafeedback": {
+        "prompt": "Question: 3 + 5?",
+        "chosen": [USER, {"role": "assistant", "content": "8"}],
+        "rejected": [USER, {"role": "assistant", "content": "9"}],
+        "score_chosen": 8.0,
+        "score_rejected": 3.0,
+    },
+    "implicit conversational": {
+        "chosen": [USER, {"role": "assistant", "content": "8"}],
+        "rejected": [USER, {"role": "assistant", "content": "9"}],
+    },
+    "hellaswag (raw, for a builder)": {"ctx": "He opens", "endings": ["the door", "a b", "c d"], "label": 0},
+}
+
+
+@pytest.mark.parametrize("kind", SINGLE_ROWS)
+def test_json_file_holding_a_single_object_is_one_row(tmp_path, kind):
+    from dpolab.data.formats import normalise
+
+    row = SINGLE_ROWS[kind]
+    (tmp_path / "one.json").write_text(json.dumps(row))
+    assert list(read_rows(tmp_path / "one.json")) == [Row(1, row)]
+    if "hellaswag" not in kind:
+        normalise(row)  # a valid preference row as read
+
+
+def test_json_dict_of_columns_of_standard_and_of_conversational_rows(tmp_path):
+    rows = [SINGLE_ROWS["conversational"], {**SINGLE_ROWS["conversational"], "prompt": [USER, USER]}]
+    columns = {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+    (tmp_path / "conv.json").write_text(json.dumps(columns))
+    assert [r.record for r in read_rows(tmp_path / "conv.json")] == rows
+    standard = [SINGLE_ROWS["standard"], {**SINGLE_ROWS["standard"], "chosen": " eight"}]
+    columns = {key: [row[key] for row in standard] for key in ("prompt", "chosen", "rejected")}
+    (tmp_path / "std.json").write_text(json.dumps(columns))
+    assert [r.record for r in read_rows(tmp_path / "std.json")] == standard
+    (tmp_path / "one_column_row.json").write_text(json.dumps({key: [v] for key, v in standard[0].items()}))
+    assert [r.record for r in read_rows(tmp_path / "one_column_row.json")] == [standard[0]]
+    (tmp_path / "ragged.json").write_text(json.dumps({"prompt": ["a", "b"], "chosen": ["c"]}))
+    with pytest.raises(
+        DpolabError, match=r"ragged\.json: a dict of columns must give every column the same length"
+    ):
+        list(read_rows(tmp_path / "ragged.json"))
+
+
 def test_json_lines_under_a_json_name_as_shp_has_them():
     rows = list(read_rows(FIXTURES / "shp_train.json"))
     assert [r.number for r in rows] == list(range(1, 21))

@@ -39,7 +39,8 @@ def looks_like_path(source: str | os.PathLike) -> bool:
 
 def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterator[Row]:
     """Rows of a `.jsonl`, `.json` or `.parquet` file, a folder saved by `datasets`, or a hub id.
-    A `.json` file holds a list of objects, a dict of columns, or JSON Lines.
+    A `.json` file holds a list of objects, a dict of columns, `{"data": [...]}`, a single object
+    (one row), or JSON Lines (see `_records_of_dict` for how an object is read).
 
     Raises `DpolabError` for a missing file, an unknown suffix or an unreachable hub dataset; rows
     that are not JSON objects come back as `Row(number, None, error)`.
@@ -91,15 +92,7 @@ def _read_json(path: Path) -> Iterator[Row]:
             f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
         ) from None
     if isinstance(data, dict):
-        # {"data": [...]} or a dict of columns
-        lists = {k: v for k, v in data.items() if isinstance(v, list)}
-        if len(lists) == 1:
-            data = next(iter(lists.values()))
-        elif lists and len({len(v) for v in lists.values()}) == 1:
-            n = len(next(iter(lists.values())))
-            data = [{k: v[i] for k, v in lists.items()} for i in range(n)]
-        else:
-            raise DpolabError(f"{path}: expected a JSON list of objects")
+        data = _records_of_dict(path, data)
     if not isinstance(data, list):
         raise DpolabError(f"{path}: expected a JSON list of objects, found {type(data).__name__}")
     for number, record in enumerate(data, start=1):
@@ -107,6 +100,47 @@ def _read_json(path: Path) -> Iterator[Row]:
             yield Row(number, record)
         else:
             yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+
+
+def _is_message_list(value: Any) -> bool:
+    """A non-empty list of chat messages (objects with a `role`), as a conversational row holds."""
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def _records_of_dict(path: Path, data: dict[str, Any]) -> list[Any]:
+    """The rows of a `.json` file holding one object, read as the first of these that fits:
+
+    1. one conversational row, if any value is a list of messages (objects with a `role`): a
+       dict of columns holds the rows' values in its lists, and no row's value is a single
+       message (for conversational columns each element is itself a list of messages);
+    2. a wrapper `{"data": [...], ...}`: exactly one list, and it holds objects: the rows;
+    3. a dict of columns (`Dataset.to_dict()`, pandas `to_dict("list")`): every value a list, all
+       of one length (else an error), row i made of their i-th elements;
+    4. one row (a standard row has no lists; a HellaSwag row has a list of strings beside its
+       scalar fields).
+
+    Only an object whose values are all lists of equal length, none of them messages, can be
+    read both as columns and as one row (with list-valued fields); it is read as columns, the
+    reading that can give valid rows: no preference format has a field that is a list of strings,
+    and the raw rows the builders read keep scalar fields beside their lists."""
+    lists = {k: v for k, v in data.items() if isinstance(v, list)}
+    if any(_is_message_list(v) for v in lists.values()):
+        return [data]
+    if len(lists) == 1:
+        (values,) = lists.values()
+        if values and all(isinstance(v, dict) for v in values):
+            return values
+    if lists and len(lists) == len(data):
+        lengths = {k: len(v) for k, v in lists.items()}
+        if len(set(lengths.values())) != 1:
+            shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise DpolabError(
+                f"{path}: a dict of columns must give every column the same length ({shown}); or write a "
+                f"JSON list of objects"
+            )
+        n = next(iter(lengths.values()))
+        return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+    return [data]
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
