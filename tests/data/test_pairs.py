@@ -103,3 +103,10 @@ def test_skip_hint_is_worded_for_where_the_message_is_shown(mixed):
     with pytest.raises(DpolabError) as err:
         load_pairs(mixed, skip_hint=FLAG_SKIP_HINT)
     assert str(err.value) == f"{mixed}, row 2, field 'chosen': missing {flag_hint}"
+
+
+def test_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DpolabError, match=r"empty\.jsonl: has no rows$"):
+        load_pairs(path, on_bad_rows="skip")

@@ -125,5 +125,7 @@ def load_pairs(
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
+        if not policy.report.skipped:
+            raise DpolabError(f"{source}: has no rows")
         raise DpolabError(f"{source}: no usable preference pairs ({policy.report.summary()})")
     return examples, policy.report
