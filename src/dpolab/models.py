@@ -22,6 +22,7 @@ from torch import nn
 from dpolab.architectures import check_supported, num_layers_of
 from dpolab.config import ModelSection
 from dpolab.errors import DpolabError
+from dpolab.paths import missing_local_path
 
 log = logging.getLogger("dpolab")
 
@@ -33,19 +34,10 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _is_missing_path(name: str) -> bool:
-    """`name` can only be a local path (absolute, ./ ../ ~, or more than one `/`: a hub id has one)
-    and nothing is there."""
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
-    return looks_local and not os.path.exists(os.path.expanduser(name))
-
-
 def _load(what: str, name: str, loader, **kwargs):
-    if _is_missing_path(name):
-        raise DpolabError(
-            f"{what} {name!r}: no such folder (a relative path is read from the current directory, "
-            f"{os.getcwd()})"
-        )
+    missing = missing_local_path(name)
+    if missing:
+        raise DpolabError(f"{what} {name!r}: {missing}")
     name = os.path.expanduser(name)
     try:
         return loader(name, **kwargs)

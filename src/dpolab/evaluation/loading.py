@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dpolab.data.io import looks_like_path
 from dpolab.errors import DpolabError
+from dpolab.paths import missing_local_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -40,8 +40,9 @@ def _torch_dtype(dtype: str, device: str):
 
 def _check_exists(path: str | os.PathLike) -> None:
     text = str(path)
-    if not Path(text).expanduser().exists() and looks_like_path(text):
-        raise DpolabError(f"{text}: no such model directory")
+    missing = missing_local_path(text)
+    if missing:
+        raise DpolabError(f"{text}: {missing.replace('no such folder', 'no such model directory', 1)}")
 
 
 def _load_error(what: str, path: str | os.PathLike, err: Exception) -> DpolabError:
