@@ -9,7 +9,7 @@ import pytest
 
 from dpolab.config import config_from_dict
 from dpolab.errors import DpolabError
-from dpolab.runner import hold_out, prepare_data
+from dpolab.data.prepare import hold_out, prepare_data
 
 
 def _write(path, n, tag):

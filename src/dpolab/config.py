@@ -49,7 +49,7 @@ class DataSection:
     eval: str | list[dict[str, Any]] | None = None
     eval_split: str | None = None  # split of a hub dataset for `eval` (default "test")
     # hold out this fraction (<1) or number of the distinct training pairs for eval, by source row:
-    # a row a weighted mixture repeats is wholly in train or in eval (once) (dpolab.runner.hold_out)
+    # a row a weighted mixture repeats is wholly in train or in eval (once) (dpolab.data.prepare.hold_out)
     eval_size: float | int | None = None
     mix_strategy: str = "sum"  # weighted mixtures: sum | interleave_under | interleave_over
     builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
