@@ -8,8 +8,8 @@ import json
 import pytest
 
 from dpolab.config import config_from_dict
-from dpolab.errors import DpolabError
 from dpolab.data.prepare import hold_out, prepare_data
+from dpolab.errors import DpolabError
 
 
 def _write(path, n, tag):
