@@ -25,7 +25,8 @@ def write_lines(path, lines):
     return path
 
 
-def write_config(tmp_path, model_dir, train, **sections):
+def config_values(tmp_path, model_dir, train, **sections):
+    """A small run's config (2 steps, logging every step), sections updated by `sections`."""
     values = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
@@ -39,8 +40,12 @@ def write_config(tmp_path, model_dir, train, **sections):
     }
     for name, section in sections.items():
         values.setdefault(name, {}).update(section)
+    return values
+
+
+def write_config(tmp_path, model_dir, train, **sections):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path.write_text(yaml.safe_dump(config_values(tmp_path, model_dir, train, **sections)))
     return path
 
 
@@ -354,18 +359,10 @@ def test_non_finite_loss_with_epoch_saves_keeps_no_bad_checkpoint(tmp_path, mode
     """With logging and saving by epoch the Trainer decides to save at the epoch's end, not at a
     step's: the bad epoch must not be saved, nor the run go on to later epochs."""
     train = write_lines(tmp_path / "train.jsonl", good_rows(8))
-    values = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
-        "training": {
-            "output_dir": str(tmp_path / "out"),
-            "num_train_epochs": 3,
-            "per_device_train_batch_size": 2,  # 4 steps per epoch
-            "logging_strategy": "epoch",
-            "save_strategy": "epoch",
-            "disable_tqdm": True,
-        },
-    }
+    values = config_values(tmp_path, model_dir, train)
+    del values["training"]["max_steps"], values["training"]["logging_steps"]
+    # batch 2 of 8 rows: 4 steps per epoch
+    values["training"].update(num_train_epochs=3, logging_strategy="epoch", save_strategy="epoch")
     stepped = []
 
     class Steps(TrainerCallback):
