@@ -117,7 +117,7 @@ def record_batches(record: dict, impl: str) -> None:
 
         name = "torch_call"
     else:
-        from dpolab.collate import PairCollator as cls
+        from dpolab.modeling.collate import PairCollator as cls
 
         name = "__call__"
     original = getattr(cls, name)
@@ -191,8 +191,7 @@ def _lora_settings() -> dict:
 
 
 def run_dpolab(spec: dict, callback, device_type: str) -> None:
-    from dpolab.config import config_from_dict
-    from dpolab.runner import run
+    from dpolab.training import config_from_dict, run
 
     out = Path(spec["workdir"])
     model = {"name_or_path": spec["model"], "dtype": spec["dtype"], "attn_implementation": "sdpa"}
@@ -200,7 +199,7 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
         model["lora"] = _lora_settings()
     loss = {"method": "dpo", "beta": spec["beta"]}
     if spec["layers"]:
-        loss["intermediate_layers"] = spec["layers"]
+        loss["intermediate"] = {"layers": spec["layers"]}
     values = {
         "model": model,
         "data": {"train": spec["data"], "max_length": None, "max_prompt_length": None},
@@ -299,7 +298,7 @@ def main(spec_path: str, result_path: str) -> int:
     if spec["impl"] == "trl":
         import trl  # noqa: F401
     else:
-        import dpolab.runner  # noqa: F401
+        import dpolab.training.run  # noqa: F401
     record["rss_imports_mib"] = rss_mib()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     record["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

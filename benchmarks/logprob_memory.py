@@ -1,4 +1,4 @@
-"""Peak extra memory of completion log-probs: chunked (`dpolab.logprobs.token_logprobs`) vs naive.
+"""Peak extra memory of completion log-probs: chunked (`dpolab.modeling.head.token_logprobs`) vs naive.
 
 The naive path is what most DPO code does: the full `(N, V)` logits of the completion tokens,
 `log_softmax` over the vocabulary, `gather` of the target tokens, then backward. The chunked path
@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from dpolab.logprobs import DEFAULT_CHUNK_ELEMENTS, default_chunk_tokens, token_logprobs
+from dpolab.modeling.head import DEFAULT_CHUNK_ELEMENTS, default_chunk_tokens, token_logprobs
 
 MiB = 2**20
 

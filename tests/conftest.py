@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dpolab.tiny import build_tokenizer, tiny_model
+from dpolab.testing import build_tokenizer, tiny_model
 
 # Nothing may reach the Hugging Face Hub from the tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,10 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from dpolab.analysis.layers import analyze_layers
 from dpolab.analysis.pairs import load_tokenized_pairs
-from dpolab.config import config_from_dict
 from dpolab.evaluation.results import write_result
 from dpolab.report import write_report
-from dpolab.runner import run
+from dpolab.training import config_from_dict, run
 
 ROWS = [
     {"prompt": "Question: 3 + 5 = ?", "chosen": " Answer: 8", "rejected": " Answer: 9"},
@@ -33,7 +32,7 @@ def test_layer_analysis_equals_the_logged_eval_metrics(tmp_path, tokenizer, mode
             {
                 "model": {"name_or_path": str(model_dir)},
                 "data": {"train": str(data), "eval": str(data), "max_length": 64, "max_prompt_length": 32},
-                "loss": {"method": "dpo", "beta": beta, "intermediate_layers": [2]},
+                "loss": {"method": "dpo", "beta": beta, "intermediate": {"layers": [2]}},
                 "training": {
                     "output_dir": str(out),
                     "max_steps": 2,

@@ -13,8 +13,8 @@ from dpolab.analysis.layers import analyze_layers, layer_metrics
 from dpolab.analysis.pairs import load_tokenized_pairs
 from dpolab.cli import main
 from dpolab.errors import DpolabError
-from dpolab.losses import dpo_loss
-from dpolab.tiny import tiny_model
+from dpolab.objectives.losses import dpo_loss
+from dpolab.testing import tiny_model
 
 PAIRS = [
     {
@@ -75,7 +75,7 @@ def test_final_layer_is_minus_the_dpo_loss(tmp_path, tokenizer, models):
         )
 
     (pc, pr), (rc, rr) = logps(policy), logps(reference)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, beta=beta)
+    losses, chosen_rewards, rejected_rewards, _ = dpo_loss(pc, pr, rc, rr, beta=beta)
     final = result["models"]["policy"]
     assert final["dpo_likelihood"][-1] == pytest.approx(-float(losses.mean()), abs=1e-5)
     assert final["rewards/accuracies"][-1] == pytest.approx(

@@ -10,7 +10,7 @@ import torch
 from dpolab.analysis.tokens import first_difference, span_logprobs, token_analysis
 from dpolab.cli import main
 from dpolab.data.tokenize import TokenizedPair
-from dpolab.tiny import tiny_model
+from dpolab.testing import tiny_model
 
 
 def test_first_difference():

@@ -147,7 +147,7 @@ def test_sft_is_the_chosen_half(tokenizer):
 
 def test_conversational_data_needs_a_chat_template():
     from dpolab.errors import DpolabError
-    from dpolab.tiny import build_tokenizer
+    from dpolab.testing import build_tokenizer
 
     plain = build_tokenizer(chat_template=False)
     with pytest.raises(DpolabError, match="has no chat template"):

@@ -105,7 +105,7 @@ def test_settings_fit_together(name, tok):
     from dpolab.demo import settings
 
     s = getattr(settings, name)
-    layers = [r.loss["intermediate_layers"] for r in s.runs if "intermediate_layers" in r.loss]
+    layers = [r.loss["intermediate"]["layers"] for r in s.runs if "intermediate" in r.loss]
     # intermediate DPO needs layers strictly inside the model: a middle and a late one, below L
     assert layers and all(1 <= k < s.model.num_layers for k in layers[0]) and len(set(layers[0])) == 2
     # the preference runs draw their pairs from the SFT training problems, each pair once

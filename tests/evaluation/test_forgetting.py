@@ -11,7 +11,7 @@ import torch
 from dpolab.cli import main
 from dpolab.errors import DpolabError
 from dpolab.evaluation.forgetting import chunk, forgetting, load_text, token_stream
-from dpolab.tiny import tiny_model
+from dpolab.testing import tiny_model
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A preference pair has a prompt, a chosen response and a "
@@ -98,7 +98,7 @@ def test_cli_and_bad_input(tmp_path, model_dir, capsys):
         )
         == 2
     )
-    assert "no such model directory" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_context_longer_than_the_models_positions_is_refused(tokenizer):

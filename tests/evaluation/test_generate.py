@@ -16,8 +16,8 @@ from dpolab.evaluation.generate import (
     left_pad,
     prompt_ids,
 )
-from dpolab.evaluation.loading import load_causal_lm
-from dpolab.tiny import build_tokenizer
+from dpolab.modeling.loading import load_for_inference
+from dpolab.testing import build_tokenizer
 
 PROMPTS = [
     {"prompt": "What is the capital of France?", "id": "a"},
@@ -33,7 +33,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    return load_causal_lm(model_dir, device="cpu")
+    return load_for_inference(model_dir, device="cpu")
 
 
 def write_prompts(path, rows=PROMPTS):

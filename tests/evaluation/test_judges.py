@@ -18,7 +18,7 @@ from dpolab.evaluation.judges import (
     render_judge_prompt,
 )
 from dpolab.evaluation.winrate import winrate
-from dpolab.tiny import tiny_config
+from dpolab.testing import tiny_config
 
 A = [
     Answer(i, i + 1, f"Question {i}?", c, {}) for i, c in enumerate(["Paris.", "It is 8 apples.", "No idea."])
@@ -99,7 +99,7 @@ def test_causal_lm_judge_reads_the_verdict_tokens(model_dir, tokenizer):
 def test_causal_lm_judge_refuses_a_tokenizer_without_the_verdicts(tmp_path):
     """The demo's word-level tokenizer has no 'A' or 'B': both are <unk>, so no verdict can be read."""
     from dpolab.demo.tokenizer import build_tokenizer
-    from dpolab.tiny import tiny_model
+    from dpolab.testing import tiny_model
 
     tokenizer = build_tokenizer()
     assert tokenizer("A", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]

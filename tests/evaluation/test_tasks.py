@@ -23,7 +23,7 @@ from dpolab.evaluation.tasks import (
     load_task,
     run_harness,
 )
-from dpolab.tiny import build_tokenizer, tiny_model
+from dpolab.testing import build_tokenizer, tiny_model
 
 
 def write_jsonl(path, rows):

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from dpolab.analysis.pairs import PairLike, pair_logprobs
-from dpolab.architectures import anatomy
 from dpolab.errors import DpolabError
 from dpolab.evaluation.results import format_table, result_header
+from dpolab.modeling.anatomy import anatomy
 
 
 def layer_metrics(

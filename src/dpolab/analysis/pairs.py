@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from dpolab.collate import PairCollator, batch_targets
 from dpolab.data.formats import BadRow
 from dpolab.data.pairs import CONFIG_SKIP_HINT, BadRowPolicy, load_pairs
 from dpolab.data.tokenize import TokenizedPair, tokenize_pair
 from dpolab.errors import DpolabError
-from dpolab.evaluation.loading import model_device
 from dpolab.evaluation.scoring import to_device
-from dpolab.logprobs import TokenTargets, layer_logprobs
+from dpolab.modeling.collate import PairCollator, batch_targets
+from dpolab.modeling.loading import model_device
+from dpolab.modeling.logprobs import TokenTargets, layer_logprobs
 
 PairLike = TokenizedPair | Mapping[str, Any]
 

@@ -71,12 +71,12 @@ def parse_models(items: list[str]) -> dict[str, str]:
 
 def _load(args: argparse.Namespace):
     from dpolab.analysis.pairs import load_tokenized_pairs
-    from dpolab.evaluation.loading import load_causal_lm
+    from dpolab.modeling.loading import load_for_inference
 
-    reference, tokenizer = load_causal_lm(args.reference, device=args.device, dtype=args.dtype)
+    reference, tokenizer = load_for_inference(args.reference, device=args.device, dtype=args.dtype)
     models = {}
     for name, path in parse_models(args.model).items():
-        model, model_tokenizer = load_causal_lm(path, device=args.device, dtype=args.dtype)
+        model, model_tokenizer = load_for_inference(path, device=args.device, dtype=args.dtype)
         if model_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise DpolabError(
                 f"{path}: its tokenizer differs from the reference's; the analyses compare log-probs "

@@ -188,18 +188,10 @@ def run_convert(args) -> int:
     return _finish(args, policy.report, written)
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as err:
-        raise DpolabError(f"{path}: cannot load a tokenizer ({type(err).__name__}: {err})") from None
-
-
 def run_stats(args) -> int:
     from dpolab.data.pairs import load_pairs
     from dpolab.data.stats import dataset_stats, format_stats
+    from dpolab.modeling.loading import load_tokenizer
 
     if args.bins < 1:
         raise DpolabError(f"--bins must be at least 1, not {args.bins}")

@@ -180,10 +180,10 @@ def run_tasks(args: argparse.Namespace) -> int:
             add_bos_token=args.add_bos_token,
         )
     else:
-        from dpolab.evaluation.loading import load_causal_lm
+        from dpolab.modeling.loading import load_for_inference
 
         data = _parse_data(args.data)
-        model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = load_for_inference(args.model, device=args.device, dtype=args.dtype)
         result = evaluate_tasks(
             model,
             tokenizer,
@@ -203,12 +203,12 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def run_forgetting(args: argparse.Namespace) -> int:
     from dpolab.evaluation.forgetting import forgetting, forgetting_table, load_text
-    from dpolab.evaluation.loading import load_causal_lm
     from dpolab.evaluation.results import write_result
+    from dpolab.modeling.loading import load_for_inference
 
     documents = load_text(args.text, field=args.text_field)
-    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
-    reference, ref_tokenizer = load_causal_lm(args.reference, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_inference(args.model, device=args.device, dtype=args.dtype)
+    reference, ref_tokenizer = load_for_inference(args.reference, device=args.device, dtype=args.dtype)
     result = forgetting(
         model,
         reference,

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dpolab.evaluation.answer_files import load_prompts
     from dpolab.evaluation.generate import GenerationSettings, generate_answers
-    from dpolab.evaluation.loading import load_causal_lm
+    from dpolab.modeling.loading import load_for_inference
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings.check()
     prompts = load_prompts(args.prompts, prompt_field=args.prompt_field, limit=args.limit)
-    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_inference(args.model, device=args.device, dtype=args.dtype)
 
     def progress(done: int, total: int) -> None:
         print(f"answered {done}/{total}", file=sys.stderr, flush=True)

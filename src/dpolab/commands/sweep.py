@@ -11,7 +11,7 @@ def register(subparsers) -> None:
         "folder named by the values that vary. A run whose folder holds summary.json and the same resolved "
         "config.yaml is skipped, so a re-run continues; a folder holding a run made with another config "
         "stops the sweep before anything runs (sweep into another --out).",
-        epilog="Example: dpolab sweep dpo.yaml loss.beta=0.1,0.3,0.5 loss.intermediate_layers=[],[11,22]",
+        epilog="Example: dpolab sweep dpo.yaml loss.beta=0.1,0.3,0.5 loss.intermediate.layers=[],[11,22]",
     )
     parser.add_argument("config", help="YAML config file")
     parser.add_argument(
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from dpolab.sweep import sweep
+    from dpolab.training.sweep import sweep
 
     folders = sweep(args.config, args.axes, out_dir=args.out, report=not args.no_report)
     print(f"dpolab sweep: {len(folders)} runs in {folders[0].parent}")

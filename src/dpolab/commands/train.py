@@ -6,11 +6,11 @@ import argparse
 
 
 def register(subparsers) -> None:
-    for name, sft, help_text in (
-        ("train", False, "preference training (DPO, IPO, DPOP, intermediate-layer DPO)"),
+    for name, example, help_text in (
+        ("train", "loss.beta=0.3", "preference training (DPO, IPO, DPOP, intermediate-layer DPO)"),
         (
             "sft",
-            True,
+            "data.max_length=512",
             "supervised fine-tuning on the chosen responses (the first stage of the papers' pipeline)",
         ),
     ):
@@ -18,28 +18,20 @@ def register(subparsers) -> None:
             name,
             help=help_text,
             description=help_text,
-            epilog="Overrides take the form section.key=value, e.g. "
-            + ("data.max_length=512" if sft else "loss.beta=0.3")
-            + " training.learning_rate=1e-5. `dpolab config example"
-            + (" sft" if sft else "")
-            + "` prints a commented config.",
+            epilog=f"Overrides take the form section.key=value, e.g. {example} training.learning_rate=1e-5. "
+            f"`dpolab config example{' sft' if name == 'sft' else ''}` prints a commented config.",
         )
         parser.add_argument("config", help="YAML config file")
         parser.add_argument(
             "overrides", nargs="*", metavar="section.key=value", help="overrides of the config"
         )
-        parser.set_defaults(func=lambda args, sft=sft: _run(args, sft=sft))
+        parser.set_defaults(func=lambda args, stage=name: _run(args, stage))
 
 
-def _run(args: argparse.Namespace, *, sft: bool) -> int:
-    from dpolab.config import load_config
+def _run(args: argparse.Namespace, stage: str) -> int:
+    from dpolab.training import STAGES, load_config, run
 
-    config = load_config(args.config, args.overrides, sft=sft)  # fails here, before any model loads
-    from dpolab.runner import run
-
-    summary = run(config, sft=sft)
-    print(
-        f"dpolab {'sft' if sft else 'train'}: done, {summary['global_step']} steps; model saved in "
-        f"{summary['output_dir']}"
-    )
+    config = load_config(args.config, args.overrides, stage=stage)  # fails here, before any model loads
+    summary = run(config, STAGES[stage])
+    print(f"dpolab {stage}: done, {summary['global_step']} steps; model saved in {summary['output_dir']}")
     return 0

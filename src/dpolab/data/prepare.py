@@ -1,18 +1,24 @@
 """The training data of a run: its sources loaded and normalised, tokenised and truncated as
 training sees them, an eval set read or held out, and every row that could not be used reported
-(`data.on_bad_rows`). Runs before any model loads (`dpolab.runner`)."""
+(`data.on_bad_rows`). Runs before any model loads (`dpolab.training.run`).
+
+The stage of the run says how a pair is tokenised (`tokenize_pair` for preference training,
+`tokenize_sft` for SFT, both in `dpolab.data.tokenize`)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpolab.config import RunConfig
+from dpolab.config.schema import DataSection
 from dpolab.data.formats import BadRow, PreferenceExample
 from dpolab.data.pairs import BadRowPolicy, BadRowReport, load_pairs
-from dpolab.data.tokenize import tokenize_pair, tokenize_sft
+from dpolab.data.tokenize import TokenizedPair
 from dpolab.errors import DpolabError
+
+Tokenize = Callable[..., TokenizedPair]
 
 
 @dataclass
@@ -25,15 +31,13 @@ class PreparedData:
 
 
 def _load_examples(
-    spec, *, split, config: RunConfig, limit: int | None = None
+    spec, *, split, data: DataSection, seed: int, limit: int | None = None
 ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     """The examples of `data.train` or `data.eval`: a preference file or hub id, or a list of
-    source specs (`{path, split, weight, builder}`, see dpolab.data.mixture)."""
-    data = config.data
+    source specs (`{path, split, weight, builder}`, see dpolab.data.mixture), mixed with `seed`."""
     if isinstance(spec, list):
         from dpolab.data.mixture import load_sources  # sources with weights, or builders
 
-        seed = int(config.training.get("data_seed") or config.training.get("seed", 42))
         examples, reports = load_sources(
             spec, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed, mix_strategy=data.mix_strategy
         )
@@ -44,11 +48,10 @@ def _load_examples(
     return examples, [report]
 
 
-def train_spec(config: RunConfig):
+def train_spec(data: DataSection):
     """What the training pairs come from: `data.train`, or `data.builder` applied to
     `data.source` (one builder spec). `data.eval` is always read as its own spec: a preference
     file, or a list of specs that may name a builder; it never falls back to `data.source`."""
-    data = config.data
     if data.builder:
         return [{"path": data.source, "builder": data.builder, "split": data.split}]
     return data.train
@@ -73,13 +76,18 @@ def merge_reports(reports: list[BadRowReport]) -> list[BadRowReport]:
 
 
 def _tokenize_all(
-    examples, source: str, tokenizer, config: RunConfig, *, sft: bool, prepared: PreparedData, origins=None
+    examples,
+    source: str,
+    tokenizer,
+    data: DataSection,
+    *,
+    tokenize: Tokenize,
+    prepared: PreparedData,
+    origins=None,
 ):
     """The tokenised pairs of `examples`; when `origins` is a list, appends to it the
     `(source file, row)` each pair came from."""
-    data = config.data
     policies: dict[str, BadRowPolicy] = {}  # one per file, so that messages name the file of the row
-    tokenize = tokenize_sft if sft else tokenize_pair
     pairs = []
     for example in examples:
         try:
@@ -163,28 +171,39 @@ def hold_out(
     return train_pairs, eval_pairs
 
 
-def prepare_data(config: RunConfig, tokenizer, *, sft: bool = False) -> PreparedData:
-    """Load, normalise, tokenise and truncate the train (and eval) pairs; apply on_bad_rows.
-    `reports` ends with one bad-row report per source file that lost rows."""
-    data = config.data
+def prepare_data(
+    data: DataSection, tokenizer, *, tokenize: Tokenize, seed: int = 42, data_seed: int | None = None
+) -> PreparedData:
+    """Load, normalise, tokenise (with the stage's `tokenize`) and truncate the train (and eval)
+    pairs; apply on_bad_rows. Mixtures are drawn with `data_seed` (default `seed`), the eval pairs
+    held out with `seed`. `reports` ends with one bad-row report per source file that lost rows."""
     prepared = PreparedData(train=[], eval=None)
-    spec = train_spec(config)
-    train_examples, reports = _load_examples(spec, split=data.split, config=config, limit=data.limit)
+    mix_seed = data_seed or seed
+    spec = train_spec(data)
+    train_examples, reports = _load_examples(
+        spec, split=data.split, data=data, seed=mix_seed, limit=data.limit
+    )
     prepared.reports += reports
     origins: list[tuple[str, int]] = []
     prepared.train = _tokenize_all(
-        train_examples, _spec_name(spec), tokenizer, config, sft=sft, prepared=prepared, origins=origins
+        train_examples,
+        _spec_name(spec),
+        tokenizer,
+        data,
+        tokenize=tokenize,
+        prepared=prepared,
+        origins=origins,
     )
     if data.eval:
-        eval_examples, reports = _load_examples(data.eval, split=data.eval_split or "test", config=config)
+        eval_examples, reports = _load_examples(
+            data.eval, split=data.eval_split or "test", data=data, seed=mix_seed
+        )
         prepared.reports += reports
         prepared.eval = _tokenize_all(
-            eval_examples, _spec_name(data.eval), tokenizer, config, sft=sft, prepared=prepared
+            eval_examples, _spec_name(data.eval), tokenizer, data, tokenize=tokenize, prepared=prepared
         )
     elif data.eval_size is not None:
-        prepared.train, prepared.eval = hold_out(
-            prepared.train, origins, data.eval_size, seed=int(config.training.get("seed", 42))
-        )
+        prepared.train, prepared.eval = hold_out(prepared.train, origins, data.eval_size, seed=seed)
         for part in (prepared.train, prepared.eval):
             for index, item in enumerate(part):
                 item["index"] = index

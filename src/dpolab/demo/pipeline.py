@@ -223,7 +223,7 @@ def run_demo(
     files = {k: Path(v) for k, v in task["files"].items()}
     results = stage(5, "evaluate", evaluate_models, out, run_dirs, files, settings, pairs_of)
     intermediate = next(
-        (list(r.loss["intermediate_layers"]) for r in settings.runs if "intermediate_layers" in r.loss), []
+        (list(r.loss["intermediate"]["layers"]) for r in settings.runs if "intermediate" in r.loss), []
     )
 
     def report() -> dict[str, Any]:

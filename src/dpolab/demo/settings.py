@@ -63,7 +63,9 @@ class DemoSettings:
         PreferenceRun("dpo-low", "low", {"method": "dpo", "beta": 0.3}),
         PreferenceRun("dpop-low", "low", {"method": "dpop", "beta": 0.3, "dpop_lambda": 50.0}),
         PreferenceRun(
-            "idpo-low", "low", {"method": "dpo", "beta": 0.3, "intermediate_layers": [3, 5], "gamma": 0.9}
+            "idpo-low",
+            "low",
+            {"method": "dpo", "beta": 0.3, "intermediate": {"layers": [3, 5], "gamma": 0.9}},
         ),
         PreferenceRun("dpo-high", "high", {"method": "dpo", "beta": 0.3}),
         PreferenceRun("dpop-high", "high", {"method": "dpop", "beta": 0.3, "dpop_lambda": 50.0}),
@@ -104,7 +106,9 @@ QUICK = replace(
     },
     preference_pairs=64,
     runs=tuple(
-        replace(r, loss={**r.loss, "intermediate_layers": [2, 3]}) if "intermediate_layers" in r.loss else r
+        replace(r, loss={**r.loss, "intermediate": {**r.loss["intermediate"], "layers": [2, 3]}})
+        if "intermediate" in r.loss
+        else r
         for r in FULL.runs
     ),
     eval_pairs=32,

@@ -124,7 +124,7 @@ def generate_from_ids(
     dropped, surrounding whitespace stripped)."""
     import torch
 
-    from dpolab.evaluation.loading import model_device
+    from dpolab.modeling.loading import model_device
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention_mask = left_pad(rows, pad_id)

@@ -203,7 +203,7 @@ class RewardModelJudge(Judge):
     def score(self, prompt: str, answer: str) -> float:
         import torch
 
-        from dpolab.evaluation.loading import model_device
+        from dpolab.modeling.loading import model_device
 
         key = (prompt, answer)
         if key not in self._scores:
@@ -255,7 +255,7 @@ class CausalLMJudge(Judge):
         """log p(A), log p(B) of the first token where `context + "A"` and `context + "B"` differ."""
         import torch
 
-        from dpolab.evaluation.loading import model_device
+        from dpolab.modeling.loading import model_device
 
         special = not getattr(self.tokenizer, "chat_template", None)
         ids_a = self.tokenizer(context + "A", add_special_tokens=special)["input_ids"]
@@ -289,7 +289,7 @@ def model_weights_id(path: str, dtype: str) -> str:
     into the same folder are not reused."""
     import hashlib
 
-    from dpolab.reference import model_fingerprint
+    from dpolab.modeling.fingerprint import model_fingerprint
 
     fingerprint = json.dumps(model_fingerprint(path), sort_keys=True)
     return f"weights={hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}|dtype={dtype}"
@@ -320,13 +320,13 @@ def build_judge(
         from dpolab.evaluation.openai_judge import OpenAIJudge
 
         return OpenAIJudge(target, template=load_judge_prompt(judge_prompt), **openai_options)
-    from dpolab.evaluation.loading import load_causal_lm, load_sequence_classifier
+    from dpolab.modeling.loading import load_for_inference, load_sequence_classifier
 
     if kind == "rm":
         model, tokenizer = load_sequence_classifier(target, device=device, dtype=dtype)
         weights = model_weights_id(target, str(model.dtype).removeprefix("torch."))
         return RewardModelJudge(model, tokenizer, spec=spec, threshold=threshold, weights=weights)
-    model, tokenizer = load_causal_lm(target, device=device, dtype=dtype)
+    model, tokenizer = load_for_inference(target, device=device, dtype=dtype)
     return CausalLMJudge(
         model,
         tokenizer,

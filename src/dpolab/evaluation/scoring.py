@@ -1,4 +1,4 @@
-"""Log-likelihoods of continuations through `dpolab.logprobs.layer_logprobs` (no full logits):
+"""Log-likelihoods of continuations through `dpolab.modeling.logprobs.layer_logprobs` (no full logits):
 the one scoring path shared by the task metrics, forgetting and the analyses."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from dpolab.collate import SequenceCollator, batch_targets
-from dpolab.logprobs import layer_logprobs
+from dpolab.modeling.collate import SequenceCollator, batch_targets
+from dpolab.modeling.logprobs import layer_logprobs
 
 
 def to_device(batch: Mapping[str, Any], device) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def continuation_logprobs(
     Contexts must not be empty. Requests longer than `max_length` (default: the model's context)
     keep their last tokens.
     """
-    from dpolab.evaluation.loading import model_device
+    from dpolab.modeling.loading import model_device
 
     max_length = max_length or model_max_length(model)
     collator = SequenceCollator(pad_token_id=pad_token_id)

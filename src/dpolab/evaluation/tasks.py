@@ -362,10 +362,10 @@ def run_harness(
         )
     import lm_eval
 
-    from dpolab.evaluation.loading import _torch_dtype, resolve_device
+    from dpolab.modeling.loading import resolve_device, resolve_dtype
 
     device = resolve_device(device)
-    dtype = str(_torch_dtype(dtype or "auto", device)).removeprefix(
+    dtype = str(resolve_dtype(dtype or "auto", device)).removeprefix(
         "torch."
     )  # dpolab's `auto`, not lm-eval's
     out = lm_eval.simple_evaluate(

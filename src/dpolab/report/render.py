@@ -106,7 +106,7 @@ def _summary_blocks(runs: Sequence[Run]) -> list[Block]:
         else:
             method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
             beta = config_value(run.config, "loss.beta", "beta")
-            layers = config_value(run.config, "loss.intermediate_layers")
+            layers = config_value(run.config, "loss.intermediate.layers", "loss.intermediate_layers")
         rows.append(
             [
                 run.name,

@@ -1,0 +1,138 @@
+"""The run config's sections as typed dataclasses: every key a user may write, with its default.
+
+`dpolab.config.parse` reads YAML into them (unknown keys and wrong types fail there); the
+generic rules live in `dpolab.config.validate`, and the rules of one stage (the loss section of
+preference training, say) with that stage (`dpolab.training.stages`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    # "all-linear" (peft: every linear layer but the output head) or a list of module names
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = ""  # local path or hub id (required)
+    ref_name_or_path: str | None = None  # default: the policy's starting weights
+    tokenizer_name_or_path: str | None = None  # default: name_or_path
+    dtype: str = "float32"  # float32 | bfloat16
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"  # sdpa | eager (the packed pair rows need a 4-D mask)
+    lora: LoraSettings | None = None
+
+
+@dataclass
+class DataSection:
+    # a .json/.jsonl/.parquet file or hub dataset id, or a list of {path, split, weight, builder}
+    train: str | list[dict[str, Any]] | None = None
+    split: str | None = None  # split of a hub dataset for `train` (default "train")
+    eval: str | list[dict[str, Any]] | None = None
+    eval_split: str | None = None  # split of a hub dataset for `eval` (default "test")
+    # hold out this fraction (<1) or number of the distinct training pairs for eval, by source row:
+    # a row a weighted mixture repeats is wholly in train or in eval (once) (dpolab.data.prepare.hold_out)
+    eval_size: float | int | None = None
+    mix_strategy: str = "sum"  # weighted mixtures: sum | interleave_under | interleave_over
+    builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
+    source: str | None = None  # raw dataset for `builder`
+    format: str = "auto"  # auto | standard | conversational | implicit
+    max_length: int | None = 1024  # prompt + completion tokens
+    max_prompt_length: int | None = 512  # the prompt keeps its last tokens
+    on_bad_rows: str = "error"  # error | skip
+    limit: int | None = None  # train on the first N usable pairs only (of the mixture, for several sources)
+
+
+@dataclass
+class IntermediateSettings:
+    """Intermediate DPO (Kojima 2024): the loss also at these layers, through the final norm and the
+    shared head (the logit lens), mixed with the final layer's as γ·L_final + (1 − γ)·mean_k L_k."""
+
+    layers: list[int] = field(default_factory=list)  # k = hidden_states[k], the output of the k-th block
+    gamma: float = 0.9
+    final_norm: bool = True  # intermediate layers pass through the model's final norm
+
+
+@dataclass
+class LossSection:
+    method: str = "dpo"  # a name of dpolab.objectives.registry (dpo, ipo, dpop, ...)
+    beta: float = 0.1
+    dpop_lambda: float = 50.0
+    intermediate: IntermediateSettings = field(default_factory=IntermediateSettings)
+
+
+@dataclass
+class ReferenceSection:
+    precompute: bool = False  # compute reference log-probs once, cache them, free the reference model
+    cache_dir: str | None = None  # default: $DPOLAB_CACHE or ~/.cache/dpolab
+    batch_size: int | None = None  # default: per_device_eval_batch_size
+
+
+@dataclass
+class EarlyStoppingSection:
+    patience: int | None = None  # evaluations without a new peak before stopping
+    # an eval metric the run logs (loss, rewards/margins, layers/8/rewards/accuracies, ...); the
+    # losses and dpop/penalty are better lower, the others higher. `dpolab sft` logs no rewards: it
+    # watches eval loss (lower is better) unless this names logps/per_token
+    metric: str = "rewards/accuracies"
+    threshold: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    reference: ReferenceSection = field(default_factory=ReferenceSection)
+    training: dict[str, Any] = field(default_factory=dict)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    # keys the user wrote (dotted), for conflict checks: a default is not a choice
+    explicit: set[str] = field(default_factory=set, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("explicit")
+        return out
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "explicit"}
+
+# Keys whose value must be one of a fixed set (the loss method is checked against the registry).
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "model.attn_implementation": ("sdpa", "eager"),
+    "data.format": ("auto", "standard", "conversational", "implicit"),
+    "data.on_bad_rows": ("error", "skip"),
+    "data.builder": (None, "metamath", "arc", "hellaswag"),
+    "data.mix_strategy": ("sum", "interleave_under", "interleave_over"),
+}
+
+# Keys that moved, old spelling -> new: a config that still uses the old one stops with the new.
+MOVED_KEYS = {
+    "loss.intermediate_layers": "loss.intermediate.layers",
+    "loss.gamma": "loss.intermediate.gamma",
+    "loss.final_norm": "loss.intermediate.final_norm",
+}
+
+# Defaults dpolab gives TrainingArguments unless the config says otherwise.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/dpolab",
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+    "logging_nan_inf_filter": False,  # a non-finite loss must be seen, not filtered out
+}
+# TrainingArguments fields dpolab sets itself.
+TRAINING_RESERVED = {
+    "remove_unused_columns": "dpolab keeps its own columns",
+    "label_names": "dpolab computes its own loss",
+}

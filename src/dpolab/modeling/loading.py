@@ -1,0 +1,218 @@
+"""Loading models and tokenizers: the one loader that training, evaluation, analysis and
+`dpolab data stats` use.
+
+Every error a user can cause (a missing folder, an unreachable hub id, a checkpoint that does not
+load) becomes one `DpolabError` line naming the path. A model path may be a LoRA adapter folder
+(peft's `adapter_config.json`, as `dpolab sft` with `model.lora` saves): its base model
+(`base_model_name_or_path`) is loaded and the adapter merged into it; that is the model, for its
+config (layer count) as for its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dpolab.errors import DpolabError
+from dpolab.paths import missing_local_path
+
+log = logging.getLogger("dpolab")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+ADAPTER_CONFIG = "adapter_config.json"
+# what a loader raises for a folder or hub id that holds no loadable model (a bug raises others)
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` -> `cuda` when a GPU is present, else `cpu`; anything else as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> torch.dtype:
+    """A dtype name as a torch dtype; `auto` is bf16 on a GPU that has it, fp32 elsewhere (half
+    precision on a CPU is slow and imprecise)."""
+    if dtype not in DTYPE_CHOICES:
+        raise DpolabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[dtype]
+
+
+def _load(what: str, name: str, loader, **kwargs):
+    """`loader(name, **kwargs)`, with a user's mistake as one line naming `what` and `name`."""
+    missing = missing_local_path(name)
+    if missing:
+        raise DpolabError(f"{what} {name!r}: {missing}")
+    try:
+        return loader(os.path.expanduser(name), **kwargs)
+    except _LOAD_ERRORS as err:
+        raise DpolabError(
+            f"{what} {name!r} cannot be loaded: {first_line(err)} (give a local folder saved with "
+            f"save_pretrained, or a hub id reachable from this machine)"
+        ) from None
+
+
+def adapter_base(name_or_path: str) -> str | None:
+    """The base model of a local LoRA adapter folder (`base_model_name_or_path` of its
+    adapter_config.json); None when `name_or_path` is not one."""
+    path = Path(os.path.expanduser(str(name_or_path))) / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DpolabError(f"{path}: not a readable adapter config ({first_line(err)})") from None
+    if not isinstance(base, str) or not base:
+        raise DpolabError(
+            f"{path}: no base_model_name_or_path; write the base model's folder or hub id there"
+        )
+    return base
+
+
+def _in_base(adapter: str, base: str, load):
+    """`load(base)`, with an error that says the path came from the adapter's config."""
+    try:
+        return load(base)
+    except DpolabError as err:
+        raise DpolabError(f"adapter {adapter!r}: its base model (adapter_config.json): {err}") from None
+
+
+def load_model_config(name_or_path: str, *, trust_remote_code: bool = False):
+    """The model's config (no weights); for an adapter folder, its base model's (a LoRA adapter
+    changes no shape)."""
+    from transformers import AutoConfig
+
+    base = adapter_base(name_or_path)
+    if base is not None:
+        return _in_base(
+            name_or_path, base, lambda b: load_model_config(b, trust_remote_code=trust_remote_code)
+        )
+    return _load("model", name_or_path, AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The tokenizer, with the EOS token standing in for a missing pad token (as TRL does); an
+    adapter folder saved without a tokenizer gives its base model's."""
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    base = adapter_base(name)
+    if base is not None and not (Path(os.path.expanduser(name)) / "tokenizer_config.json").is_file():
+        name = base
+    tokenizer = _load("tokenizer", name, AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise DpolabError(
+                f"tokenizer {name!r} has neither a pad nor an EOS token; dpolab needs one to pad"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """The causal LM at `name_or_path` (a folder or hub id); an adapter folder's base model with the
+    adapter merged in, trainable as loaded (peft freezes the base for inference)."""
+    from transformers import AutoModelForCausalLM
+
+    name_or_path = str(name_or_path)
+    base = adapter_base(name_or_path)
+    if base is not None:
+        from peft import PeftModel
+
+        model = _in_base(
+            name_or_path,
+            base,
+            lambda b: load_causal_lm(
+                b, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+            ),
+        )
+        merged = _load(
+            "adapter", name_or_path, lambda path: PeftModel.from_pretrained(model, path).merge_and_unload()
+        )
+        log.info("model: %s is a LoRA adapter of %s; merged into it", name_or_path, base)
+        return merged.requires_grad_(True)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype) if isinstance(dtype, str) else dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return _load(
+        "model",
+        name_or_path,
+        AutoModelForCausalLM.from_pretrained,
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )
+
+
+def load_for_inference(path: str, *, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, Any]:
+    """(model in eval mode on `device`, tokenizer): what generation, judging and analysis use."""
+    device = resolve_device(device)
+    model = load_causal_lm(path, dtype=resolve_dtype(dtype, device))
+    return model.to(device).eval(), load_tokenizer(path)
+
+
+def load_sequence_classifier(
+    path: str, *, dtype: str = "auto", device: str = "auto"
+) -> tuple[nn.Module, Any]:
+    """(reward model in eval mode, tokenizer): an `AutoModelForSequenceClassification` with one output."""
+    from transformers import AutoModelForSequenceClassification
+
+    device = resolve_device(device)
+    model, info = _load(
+        "reward model",
+        str(path),
+        AutoModelForSequenceClassification.from_pretrained,
+        dtype=resolve_dtype(dtype, device),
+        output_loading_info=True,
+    )
+    if info["missing_keys"]:  # a causal LM (or any model without a trained head) would score at random
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise DpolabError(
+            f"{path} is not a reward model: its checkpoint has no sequence-classification head "
+            f"({missing} would be random); give a model trained as a reward model "
+            f"(AutoModelForSequenceClassification), or judge with hf:{path} or openai:MODEL"
+        )
+    if model.config.num_labels != 1:
+        raise DpolabError(
+            f"{path}: a reward model has one output, this one has {model.config.num_labels} labels"
+        )
+    tokenizer = load_tokenizer(str(path))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,210 @@
+"""Completion log-probabilities from any layer, without the full `(batch, seq, vocab)` logits.
+
+One forward pass of the model serves the final layer and every intermediate layer asked for:
+hooks keep the outputs of the requested blocks, and the output head's own forward is replaced,
+for that call only, by a function that
+
+  1. gathers the hidden states at the positions that predict a completion token (no others),
+  2. passes intermediate ones through the model's final norm (the logit lens; switchable off),
+  3. projects them through the shared head in chunks of tokens (`token_logprobs`), and
+  4. sums the log-probs of each sequence.
+
+Running inside the head's forward keeps it inside the model's forward, so the wrappers that
+gather sharded parameters around a module's forward (FSDP, DeepSpeed ZeRO-3) and DDP's gradient
+hooks see an ordinary call.
+
+Which hidden state scores which token is given by `TokenTargets`; `targets_from_completion_mask`
+builds it for the usual layout (token t of a row predicted by position t − 1). The packed pair
+layout of `dpolab.modeling.collate` (prompt once, then the chosen and the rejected completion, each seeing
+the prompt but not each other) builds its own.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dpolab.modeling.anatomy import Anatomy, anatomy
+from dpolab.modeling.attention import positions_from_attention_mask, segment_attention_mask
+from dpolab.modeling.head import token_logprobs
+
+# ----------------------------------------------------------------------------------------------
+# Which hidden states score which tokens
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenTargets:
+    """The tokens to score: token `tokens[i]` is predicted by the hidden state at flat position
+    `positions[i]` (an index into the `(batch·seq)` positions) and summed into sequence
+    `segments[i]`, one of `num_segments`."""
+
+    positions: torch.Tensor  # (N,) long
+    tokens: torch.Tensor  # (N,) long
+    segments: torch.Tensor  # (N,) long
+    num_segments: int
+
+    def num_tokens(self) -> torch.Tensor:
+        """`(num_segments,)` number of scored tokens of each sequence (a scatter, not `bincount`,
+        which reads the largest id back to the host on a GPU)."""
+        ones = torch.ones_like(self.segments)
+        return torch.zeros(self.num_segments, dtype=torch.long, device=self.segments.device).index_add_(
+            0, self.segments, ones
+        )
+
+
+def targets_from_completion_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor) -> TokenTargets:
+    """Targets for the usual layout: each row one sequence; token t (a completion token) is
+    predicted by position t − 1. The first token of a row is never scored (nothing predicts it).
+
+    Args:
+        input_ids, completion_mask: `(B, T)`; completion_mask is 1 on completion tokens.
+    """
+    batch, seq = input_ids.shape
+    mask = completion_mask.bool().clone()
+    mask[:, 0] = False
+    rows, cols = mask.nonzero(as_tuple=True)
+    return TokenTargets(
+        positions=rows * seq + cols - 1,
+        tokens=input_ids[rows, cols],
+        segments=rows,
+        num_segments=batch,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer-wise sequence log-probs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerLogprobs:
+    """Summed completion log-probs of each sequence for each requested layer."""
+
+    layers: tuple[int, ...]  # layer numbers, the final layer being L
+    logps: torch.Tensor  # (len(layers), num_segments) fp32 sums
+    num_tokens: torch.Tensor  # (num_segments,) scored tokens per sequence
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        return self.logps[self.layers.index(layer)]
+
+    def averaged(self, layer: int) -> torch.Tensor:
+        """Per-token mean log-prob of each sequence (IPO's length-averaged log-probs)."""
+        return self[layer] / self.num_tokens.clamp(min=1).to(self.logps.dtype)
+
+
+def _block_output(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def _capture_blocks(parts: Anatomy, layers: Sequence[int], store: dict[int, torch.Tensor]):
+    handles = []
+    for k in layers:
+        if k < parts.num_layers:
+
+            def hook(_module, _inputs, output, k=k):
+                store[k] = _block_output(output)
+
+            handles.append(parts.blocks[k - 1].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _head_forward(head: nn.Module, forward):
+    """Replace `head.forward` for the duration of one call, restoring whatever was there."""
+    previous = head.__dict__.get("forward")
+    head.forward = types.MethodType(forward, head)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
+def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+    """Layer numbers as given, with `None` meaning the final layer only; validated against L."""
+    layers = (num_layers,) if layers is None else tuple(int(k) for k in layers)
+    for k in layers:
+        if not 1 <= k <= num_layers:
+            raise ValueError(f"layer {k} is outside 1..{num_layers} for this model")
+    return layers
+
+
+def layer_logprobs(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    layers: Sequence[int] | None = None,
+    *,
+    final_norm: bool = True,
+    chunk_tokens: int | None = None,
+    targets: TokenTargets | None = None,
+) -> LayerLogprobs:
+    """Summed completion log-probs per sequence, for each layer in `layers`, from ONE forward pass.
+
+    Args:
+        model: a Hugging Face causal LM of a supported family, possibly wrapped (peft, DDP, FSDP).
+        batch: `input_ids` `(B, T)`; either `attention_mask` `(B, T)` (1 on real tokens, padding on
+            either side) or `segment_ids` `(B, T)` with `position_ids` for packed rows (see
+            `segment_attention_mask`); and `completion_mask` `(B, T)` unless `targets` is given.
+        layers: layer numbers k ∈ 1..L (L = the final layer, the model's ordinary output); None
+            means `[L]`. Layer k < L is `hidden_states[k]`, the output of the k-th block.
+        final_norm: pass intermediate layers through the model's final norm before the head.
+        chunk_tokens: tokens per chunk of the head projection.
+        targets: which positions score which tokens; default from `completion_mask`.
+    Returns:
+        `LayerLogprobs` with `logps` `(len(layers), num_segments)`.
+    """
+    parts = anatomy(model)
+    layers = resolve_layers(layers, parts.num_layers)
+    input_ids = batch["input_ids"]
+    if targets is None:
+        targets = targets_from_completion_mask(input_ids, batch["completion_mask"])
+    segment_ids = batch.get("segment_ids")
+    if segment_ids is not None:
+        dtype = parts.head.weight.dtype if parts.head.weight.is_floating_point() else torch.float32
+        attention_mask = segment_attention_mask(segment_ids, dtype)
+        position_ids = batch["position_ids"]
+    else:
+        attention_mask = batch["attention_mask"]
+        position_ids = batch.get("position_ids")
+        if position_ids is None:
+            position_ids = positions_from_attention_mask(attention_mask)
+
+    captured: dict[int, torch.Tensor] = {}
+    final_layer = parts.num_layers
+    norm = parts.final_norm
+
+    def head_forward(head_self, hidden_states):
+        per_layer = []
+        for k in layers:
+            h = hidden_states if k == final_layer else captured[k]
+            h = h.reshape(-1, h.shape[-1]).index_select(0, targets.positions)
+            if k != final_layer and final_norm:
+                h = norm(h)
+            token_lp = token_logprobs(
+                h, head_self.weight, head_self.bias, targets.tokens, chunk_tokens=chunk_tokens
+            )
+            sums = token_lp.new_zeros(targets.num_segments).index_add(0, targets.segments, token_lp)
+            per_layer.append(sums)
+        return torch.stack(per_layer)
+
+    with _capture_blocks(parts, layers, captured), _head_forward(parts.head, head_forward):
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+    return LayerLogprobs(layers=layers, logps=output.logits, num_tokens=targets.num_tokens())

@@ -1,0 +1,86 @@
+"""The models of a run: the policy (full weights, or with fresh LoRA adapters) and a frozen
+reference copy, loaded with `dpolab.modeling.loading` as the config's model section says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from dpolab.config.schema import ModelSection
+from dpolab.errors import DpolabError
+from dpolab.modeling.anatomy import check_supported
+from dpolab.modeling.loading import adapter_base, first_line, load_causal_lm
+
+log = logging.getLogger("dpolab")
+
+
+def load_model(name_or_path: str, section: ModelSection) -> nn.Module:
+    """A model of the run, with the section's dtype, attention and remote-code settings."""
+    model = load_causal_lm(
+        name_or_path,
+        dtype=section.dtype,
+        attn_implementation=section.attn_implementation,
+        trust_remote_code=section.trust_remote_code,
+    )
+    check_supported(model.config)
+    return model
+
+
+def apply_lora(model: nn.Module, section: ModelSection, *, seed: int = 42) -> nn.Module:
+    """Wrap the model with fresh LoRA adapters (peft); only the adapters train.
+
+    The adapters' random initialisation is drawn right after seeding with `seed` (the run's
+    `training.seed`): they exist before the Trainer seeds, and the same seed must give the same
+    adapters whatever ran before in the process."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    lora = section.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    set_seed(seed)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise DpolabError(f"model.lora.target_modules: {first_line(err)}") from None
+
+
+def load_policy(
+    section: ModelSection, *, merged_start: Path | None = None, write: bool = True, seed: int = 42
+) -> nn.Module:
+    """The model to train: full weights, or the model with LoRA adapters when `lora` is set, their
+    initialisation seeded with `seed` (the run's `training.seed`, 42 by default as in
+    TrainingArguments).
+
+    Starting from an adapter folder under LoRA, the new adapter trains on the merged start, which
+    exists nowhere on disk: it is saved to `merged_start` (when `write`: the first process) and
+    the new adapter names that folder as its base, so that its checkpoints and the final adapter
+    load on their own (with `dpolab eval`, peft, TRL); naming the first adapter's base model, as
+    peft would, would silently drop the first adapter."""
+    model = load_model(section.name_or_path, section)
+    if section.lora is not None:
+        if adapter_base(section.name_or_path) is not None:
+            if merged_start is None:
+                raise ValueError(f"{section.name_or_path} is an adapter: pass merged_start")
+            if write:
+                model.save_pretrained(merged_start)
+            model.name_or_path = str(merged_start)  # what peft records as the adapter's base
+            model.config.name_or_path = str(merged_start)
+            log.info("model: the merged start is saved in %s, the new adapter's base", merged_start)
+        model = apply_lora(model, section, seed=seed)
+    return model
+
+
+def load_frozen_reference(section: ModelSection) -> nn.Module:
+    """A frozen copy of the reference weights (`ref_name_or_path`, else the policy's start)."""
+    model = load_model(section.ref_name_or_path or section.name_or_path, section)
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,110 @@
+"""The reference model's log-probs: a frozen copy, the LoRA model with its adapters disabled, or
+log-probs computed once before training and cached on disk (`dpolab.training.reference_cache`).
+
+All three give `logps(batch) -> (len(layers), 2B)` summed log-probs in the order of
+`dpolab.modeling.collate`, for the same layers as the policy, so the objective never knows which
+it got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from dpolab.modeling.collate import batch_targets
+from dpolab.modeling.logprobs import layer_logprobs
+
+
+class ModelReference:
+    """A separate frozen model (a copy of the starting weights, or `ref_name_or_path`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        *,
+        final_norm: bool = True,
+        chunk_tokens: int | None = None,
+    ):
+        self.model, self.layers, self.final_norm, self.chunk_tokens = (
+            model,
+            tuple(layers),
+            final_norm,
+            chunk_tokens,
+        )
+
+    def to(self, device) -> ModelReference:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        out = layer_logprobs(
+            self.model,
+            batch,
+            self.layers,
+            final_norm=self.final_norm,
+            chunk_tokens=self.chunk_tokens,
+            targets=batch_targets(batch),
+        )
+        return out.logps
+
+
+def _peft_model(model: nn.Module):
+    while not hasattr(model, "disable_adapter"):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            raise TypeError(f"{type(model).__name__} has no LoRA adapters to disable")
+        model = inner
+    return model
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode (no dropout) inside the block; every submodule gets back the mode it
+    had (a module the caller kept in eval mode stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class AdapterDisabledReference:
+    """The policy itself with its LoRA adapters switched off: no second copy in memory.
+
+    The reference's log-probs are computed in eval mode, as those of the frozen copy (loaded in
+    eval mode) and of the precomputation are: the Trainer keeps the policy in train mode, and with
+    dropout on the reference would be a different random function at every call. Under
+    `torch.no_grad` and after the policy's own forward of the step, this changes nothing of that
+    forward or its gradients (dropout masks are drawn at forward time, and gradient checkpointing
+    recomputes after the mode is restored)."""
+
+    def __init__(self, layers: Sequence[int], *, final_norm: bool = True, chunk_tokens: int | None = None):
+        self.layers, self.final_norm, self.chunk_tokens = tuple(layers), final_norm, chunk_tokens
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        with eval_mode(policy), _peft_model(policy).disable_adapter():
+            out = layer_logprobs(
+                policy,
+                batch,
+                self.layers,
+                final_norm=self.final_norm,
+                chunk_tokens=self.chunk_tokens,
+                targets=batch_targets(batch),
+            )
+        return out.logps
+
+
+class PrecomputedReference:
+    """Reference log-probs carried by the batch (`ref_logps`, stacked by the collator)."""
+
+    def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        return batch["ref_logps"]

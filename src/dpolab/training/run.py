@@ -1,0 +1,248 @@
+"""One run of `dpolab train` or `dpolab sft`, in three steps that can be called and tested alone:
+
+    run(config, stage)
+    ├── prepare()          config → tokenizer, data, TrainingArguments, policy, objective, reference
+    ├── build_trainer()    the DpolabTrainer with its datasets and callbacks
+    ├── train_and_save()   trainer.train (resuming where asked), a non-finite loss stopped, the model saved
+    └── summarise()        summary.json
+
+The order of `prepare` matters for the user: everything that can be checked without weights
+(config, model config and layer numbers, tokenizer, every data row) is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpolab.config.parse import dump_config
+from dpolab.config.schema import RunConfig
+from dpolab.data.io import write_json_atomic
+from dpolab.data.prepare import PreparedData, prepare_data
+from dpolab.errors import DpolabError
+from dpolab.training.checkpoints import last_checkpoint_before, resume_target, resumed_step
+from dpolab.training.stages import PREFERENCE, Stage
+
+log = logging.getLogger("dpolab")
+
+# Under OUTPUT_DIR: the merged start of a LoRA run that starts from an adapter (dpolab.training.policy).
+MERGED_START = "merged-start"
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run trains with, before the Trainer exists."""
+
+    config: RunConfig
+    stage: Stage
+    args: Any  # transformers.TrainingArguments
+    tokenizer: Any
+    data: PreparedData
+    num_layers: int
+    policy: Any
+    objective: Any
+    collator: Any
+    reference: Any  # dpolab.training.reference, or None
+    output_dir: Path
+    resume: str | None
+    first_process: bool
+
+
+def _log_data(prepared: PreparedData, output_dir: Path, first_process: bool) -> None:
+    for report in prepared.reports:
+        log.warning("%s", report.summary())
+    if prepared.reports and first_process:
+        write_json_atomic(output_dir / "bad_rows.json", [r.to_dict() for r in prepared.reports])
+    if prepared.truncated_prompts or prepared.truncated_completions:
+        log.info(
+            "truncated: %d prompts to data.max_prompt_length, %d pairs' completions to data.max_length",
+            prepared.truncated_prompts,
+            prepared.truncated_completions,
+        )
+    log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if prepared.eval else "no")
+
+
+def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
+    """Check and load everything the run needs, models last."""
+    from dpolab.modeling.anatomy import check_supported, num_layers_of
+    from dpolab.modeling.loading import adapter_base, count_parameters, load_model_config, load_tokenizer
+    from dpolab.training.arguments import training_arguments
+    from dpolab.training.policy import load_policy
+    from dpolab.training.reference_setup import build_reference, check_sharding, check_vocabulary
+
+    first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
+    if not first_process:
+        log.setLevel(logging.WARNING)  # the first process reports for all
+    section = config.model
+    resume = resume_target(config)
+    policy_config = load_model_config(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    check_supported(policy_config)
+    num_layers = num_layers_of(policy_config)
+    stage.check_model(config, num_layers)
+    tokenizer = load_tokenizer(
+        section.tokenizer_name_or_path or section.name_or_path, trust_remote_code=section.trust_remote_code
+    )
+    needs_reference = stage.needs_reference(config)
+    reference_config = None
+    if needs_reference and section.ref_name_or_path is not None:
+        reference_config = load_model_config(
+            section.ref_name_or_path, trust_remote_code=section.trust_remote_code
+        )
+        check_supported(reference_config)
+    check_vocabulary(config, tokenizer, policy_config, reference_config)
+    seed = int(config.training.get("seed", 42))
+    data = prepare_data(
+        config.data, tokenizer, tokenize=stage.tokenize, seed=seed, data_seed=config.training.get("data_seed")
+    )
+    args = training_arguments(config, stage, has_eval=data.eval is not None)
+    if needs_reference:
+        check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if first_process:
+        dump_config(config, output_dir / "config.yaml")
+    _log_data(data, output_dir, first_process)
+
+    merged_start = (output_dir / MERGED_START).resolve()
+    policy = load_policy(section, merged_start=merged_start, write=first_process, seed=args.seed)
+    if first_process and section.lora is not None and adapter_base(section.name_or_path):
+        tokenizer.save_pretrained(merged_start)  # a whole model folder, as the new adapter's base
+    trainable, total = count_parameters(policy)
+    log.info(
+        "model: %s, %d layers, %.2fM parameters, %.2fM trainable",
+        section.name_or_path,
+        num_layers,
+        total / 1e6,
+        trainable / 1e6,
+    )
+    objective = stage.objective(config, num_layers)
+    collator = stage.collator(tokenizer)
+    reference = build_reference(config, policy, objective, data, collator, args)
+    return PreparedRun(
+        config=config,
+        stage=stage,
+        args=args,
+        tokenizer=tokenizer,
+        data=data,
+        num_layers=num_layers,
+        policy=policy,
+        objective=objective,
+        collator=collator,
+        reference=reference,
+        output_dir=output_dir,
+        resume=resume,
+        first_process=first_process,
+    )
+
+
+def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
+    """The Trainer of a prepared run, with dpolab's callbacks (metrics.jsonl, the progress bar, the
+    stop at a non-finite loss, early stopping) and any given."""
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    from dpolab.training.callbacks import LiveProgressCallback, MetricsJsonlCallback, NonFiniteLossCallback
+    from dpolab.training.trainer import DpolabTrainer
+
+    data, config = prepared.data, prepared.config
+    trainer = DpolabTrainer(
+        model=prepared.policy,
+        args=prepared.args,
+        train_dataset=datasets.Dataset.from_list(data.train),
+        eval_dataset=datasets.Dataset.from_list(data.eval) if data.eval is not None else None,
+        data_collator=prepared.collator,
+        processing_class=prepared.tokenizer,
+        objective=prepared.objective,
+        reference=prepared.reference,
+    )
+    trainer.nonfinite = NonFiniteLossCallback(lambda: trainer.nonfinite_step.item())
+    trainer.add_callback(MetricsJsonlCallback(prepared.output_dir))
+    trainer.add_callback(trainer.nonfinite)
+    if not prepared.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LiveProgressCallback())
+    es = config.early_stopping
+    if es.patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(es.patience, es.threshold))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def train_and_save(prepared: PreparedRun, trainer):
+    """`trainer.train()` (from the checkpoint the config resumes from), then the model saved in
+    OUTPUT_DIR; a run whose loss went non-finite stops with the last good checkpoint named."""
+    result = trainer.train(resume_from_checkpoint=prepared.resume)
+    bad_step = trainer.nonfinite.bad_step
+    if bad_step is not None:
+        good = last_checkpoint_before(prepared.output_dir, bad_step)
+        last = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
+        raise DpolabError(
+            f"the loss became non-finite at step {bad_step}; training stopped and the model "
+            f"was not saved; {last} (lower training.learning_rate, or check the data)"
+        )
+    trainer.save_model(str(prepared.output_dir))
+    return result
+
+
+def whole_run_train_loss(log_history: list[dict[str, Any]], *, start: int, end: int, session_loss: float):
+    """(mean training loss, first step it covers) for a run that trained steps start+1..end in
+    this session with mean `session_loss`, after resuming at step `start`.
+
+    The Trainer's `training_loss` covers this session's steps only; the steps before a resume are
+    in the checkpoint's log history (each train entry: the mean loss since the previous one). When
+    that history reaches the resume step exactly, the mean is over all steps 1..end; otherwise
+    (the checkpoint fell between two logging steps) it stays the session's, from step start+1."""
+    if start == 0:
+        return session_loss, 1
+    logged = sorted(
+        (entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and entry["step"] <= start
+    )
+    if not logged or logged[-1][0] != start or end <= start:
+        return session_loss, start + 1
+    total, previous = 0.0, 0
+    for step, loss in logged:
+        total += loss * (step - previous)
+        previous = step
+    return (total + session_loss * (end - start)) / end, 1
+
+
+def summarise(prepared: PreparedRun, trainer, result) -> dict[str, Any]:
+    """The run's summary (written to OUTPUT_DIR/summary.json by the first process)."""
+    data, state = prepared.data, trainer.state
+    train_loss, train_loss_from = whole_run_train_loss(
+        state.log_history,
+        start=resumed_step(prepared.resume),
+        end=state.global_step,
+        session_loss=result.training_loss,
+    )
+    summary = {
+        **prepared.stage.describe(prepared.config),
+        "global_step": state.global_step,
+        "train_loss": train_loss,
+        "train_loss_from_step": train_loss_from,
+        "train_runtime": result.metrics.get("train_runtime"),
+        "pairs": {"train": len(data.train), "eval": len(data.eval) if data.eval is not None else 0},
+        "skipped_rows": sum(len(r) for r in data.reports),
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_metric": state.best_metric,
+        "output_dir": str(prepared.output_dir),
+    }
+    evals = [entry for entry in state.log_history if "eval_loss" in entry]
+    if evals:
+        summary["last_eval"] = {k.removeprefix("eval_"): v for k, v in evals[-1].items()}
+    if trainer.is_world_process_zero():
+        write_json_atomic(prepared.output_dir / "summary.json", summary)
+    return summary
+
+
+def run(config: RunConfig, stage: Stage = PREFERENCE, *, callbacks: tuple = ()) -> dict[str, Any]:
+    """Train as the config says; returns the run summary (also written to OUTPUT_DIR/summary.json)."""
+    prepared = prepare(config, stage)
+    trainer = build_trainer(prepared, callbacks)
+    result = train_and_save(prepared, trainer)
+    return summarise(prepared, trainer, result)

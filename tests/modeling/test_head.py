@@ -1,0 +1,156 @@
+"""The chunked head projection `token_logprobs` against the naive full-logits computation, on
+odd shapes, values and gradients, every dtype and both backward paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dpolab.modeling.head as head_module
+from dpolab.modeling.head import default_chunk_tokens, token_logprobs
+
+N, V, D = 37 * 3, 101, 19  # rows, vocabulary, hidden size: odd on purpose
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def naive_token_logprobs(hidden, weight, bias, tokens):
+    """The full `(N, V)` logits, log_softmax, gather: what `token_logprobs` must equal."""
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    return torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+
+
+def _head_inputs(dtype, *, bias: bool, seed: int = 0, n: int = N):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, D, generator=g)
+    weight = 0.3 * torch.randn(V, D, generator=g)
+    b = 0.1 * torch.randn(V, generator=g) if bias else None
+    tokens = torch.randint(0, V, (n,), generator=g)
+    upstream = torch.randn(n, generator=g)  # a non-uniform incoming gradient
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(hidden), cast(weight), cast(b), tokens, upstream
+
+
+# which inputs want gradients: everything; a frozen head (LoRA: hidden only, the backward that
+# keeps softmax·W instead of recomputing); the head only (hidden frozen); a frozen weight with a
+# trainable bias (must take the recomputing backward)
+GRAD_MODES = {
+    "all": (True, True, True),
+    "frozen_head": (True, False, False),
+    "head_only": (False, True, True),
+    "frozen_weight_trainable_bias": (True, False, True),
+}
+
+
+def _run(fn, hidden, weight, bias, tokens, upstream, mode, **kwargs):
+    wants = GRAD_MODES[mode]
+    leaves = [
+        t.detach().clone().requires_grad_(w) if t is not None else None
+        for t, w in zip((hidden, weight, bias), wants)
+    ]
+    out = fn(*leaves, tokens, **kwargs)
+    grad_of = [t for t in leaves if t is not None and t.requires_grad]
+    grads = torch.autograd.grad((out * upstream.to(out.dtype)).sum(), grad_of)
+    return out, grads
+
+
+@pytest.mark.parametrize(
+    "bias,mode",
+    [(b, m) for b in (True, False) for m in GRAD_MODES if b or m != "frozen_weight_trainable_bias"],
+)
+@pytest.mark.parametrize("chunk", [1, 7, 37, N, 500])  # 37 and N divide N = 111; 1, 7 and 500 do not
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_token_logprobs_match_naive(dtype, bias, chunk, mode):
+    inputs = _head_inputs(dtype, bias=bias, seed=chunk)
+    out, grads = _run(token_logprobs, *inputs, mode, chunk_tokens=chunk)
+    ref, ref_grads = _run(naive_token_logprobs, *inputs, mode)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == (N,)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    assert len(grads) == len(ref_grads) > 0
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["all", "frozen_head"])
+@pytest.mark.parametrize("chunk", [7, 37])
+def test_token_logprobs_bf16(chunk, mode):
+    """bf16 inputs: as close to the exact (float64) values as the naive bf16 computation is."""
+    h, w, b, tokens, upstream = _head_inputs(torch.bfloat16, bias=True, seed=3)
+    out, grads = _run(token_logprobs, h, w, b, tokens, upstream, mode, chunk_tokens=chunk)
+    exact, exact_grads = _run(
+        naive_token_logprobs, h.double(), w.double(), b.double(), tokens, upstream, mode
+    )
+    naive, naive_grads = _run(naive_token_logprobs, h, w, b, tokens, upstream, mode)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=2e-2, atol=5e-2)
+    err = (out.double() - exact).abs().max()
+    assert err <= 2 * (naive.double() - exact).abs().max() + 1e-3
+    for g, e, n in zip(grads, exact_grads, naive_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.double(), e, rtol=2e-2, atol=5e-2)
+        assert (g.double() - e).abs().max() <= 2 * (n.double() - e).abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("mode", ["all", "frozen_head"])
+def test_token_logprobs_gradcheck(mode):
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=mode == "all")
+    bias = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=mode == "all")
+    tokens = torch.tensor([0, 6, 3, 3, 1])
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: token_logprobs(h, w, b, tokens, chunk_tokens=2), (hidden, weight, bias)
+    )
+
+
+@pytest.mark.parametrize("mode,backward_calls", [("all", 16), ("frozen_head", 0)])
+def test_chunks_bound_the_logits_and_frozen_head_does_not_recompute(monkeypatch, mode, backward_calls):
+    """Never more than `chunk` rows of logits at once; the trainable-head backward recomputes each
+    chunk once (⌈111/7⌉ = 16 chunks), the frozen-head backward recomputes none."""
+    calls: list[int] = []
+    original = head_module._chunk_logits
+
+    def counting(hidden, weight, bias):
+        calls.append(hidden.shape[0])
+        return original(hidden, weight, bias)
+
+    monkeypatch.setattr(head_module, "_chunk_logits", counting)
+    h, w, b, tokens, upstream = _head_inputs(torch.float32, bias=True)
+    wants = GRAD_MODES[mode]
+    leaves = [t.clone().requires_grad_(x) for t, x in zip((h, w, b), wants)]
+    out = token_logprobs(*leaves, tokens, chunk_tokens=7)
+    assert len(calls) == 16 and max(calls) == 7 and sum(calls) == N
+    (out * upstream).sum().backward()
+    assert len(calls) == 16 + backward_calls
+    assert max(calls) == 7
+
+
+def test_token_logprobs_empty_backpropagates_zeros():
+    hidden = torch.randn(0, D, requires_grad=True)
+    weight = torch.randn(V, D, requires_grad=True)
+    out = token_logprobs(hidden, weight, None, torch.zeros(0, dtype=torch.long), chunk_tokens=4)
+    assert out.shape == (0,) and out.dtype == torch.float32
+    out.sum().backward()
+    assert hidden.grad.shape == (0, D)
+    assert torch.equal(weight.grad, torch.zeros(V, D))
+
+
+def test_default_chunk_tokens():
+    # 2**24 elements of logits per chunk: 512 tokens at a 32768 vocabulary, never fewer than 8
+    assert default_chunk_tokens(32768) == 512
+    assert default_chunk_tokens(128 * 1024) == 128
+    assert default_chunk_tokens(2**30) == 8
+    assert default_chunk_tokens(1000, elements=7000) == 8
+    assert default_chunk_tokens(100, elements=7000) == 70
+
+
+def test_chunk_tokens_must_be_positive():
+    hidden, weight, bias, tokens, _ = _head_inputs(torch.float32, bias=False)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="chunk_tokens must be a positive"):
+            token_logprobs(hidden, weight, bias, tokens, chunk_tokens=bad)
