@@ -4,6 +4,9 @@ precompute the same reference log-probs; under FSDP2 the layer-wise log-probs ar
 The global batch of 4 pairs is split 2 + 2 across the processes: DDP averages the two halves'
 gradients, which is the gradient of the mean over all 4, and the logged metrics are reduced over
 both processes; so every logged figure must equal the single process's, up to float rounding.
+The eval set of 7 pairs does not split evenly: accelerate repeats a pair to even out the last
+batch, and the eval metrics must not count it (so they, and the step early stopping keeps, equal
+the single process's).
 Under two processes each computes every other batch of the reference log-probs (the batches a
 single process forms) and both receive all of them.
 """
@@ -57,7 +60,7 @@ def _torchrun(args: list[str], **env) -> subprocess.CompletedProcess:
 def _values(tmp_path, model_dir, data, *, out, cache, batch):
     return {
         "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(data)},
+        "data": {"train": str(data), "eval": str(tmp_path / "eval.jsonl")},
         "loss": {"method": "dpo", "beta": 0.5, "intermediate": {"layers": [2]}},
         "reference": {"precompute": True, "cache_dir": str(cache), "batch_size": 4},
         "training": {
@@ -65,11 +68,14 @@ def _values(tmp_path, model_dir, data, *, out, cache, batch):
             "per_device_train_batch_size": batch,
             "max_steps": 3,
             "logging_steps": 1,
+            "eval_steps": 1,
+            "per_device_eval_batch_size": 2,
             "learning_rate": 1e-3,
             "disable_tqdm": True,
             "seed": 0,
             "use_cpu": True,
         },
+        "early_stopping": {"patience": 2},
     }
 
 
@@ -84,6 +90,7 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     tokenizer.save_pretrained(model_dir)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:7]), encoding="utf-8")
 
     # two processes, 2 pairs each
     values = _values(tmp_path, model_dir, data, out=tmp_path / "two", cache=tmp_path / "cache-two", batch=2)
@@ -93,25 +100,37 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # one process, 4 pairs
-    run(
+    one_summary = run(
         config_from_dict(
             _values(tmp_path, model_dir, data, out=tmp_path / "one", cache=tmp_path / "cache-one", batch=4)
         )
     )
+    two_summary = json.loads((tmp_path / "two" / "summary.json").read_text())
 
-    (two_cache,), (one_cache,) = (tmp_path / "cache-two").glob("*.pt"), (tmp_path / "cache-one").glob("*.pt")
-    assert two_cache.name == one_cache.name  # the same key: same model, pairs, layers
-    two_values, one_values = torch.load(two_cache), torch.load(one_cache)
-    assert two_values.shape == (len(ROWS), 2, 2)  # pairs, layers [2, 4], [chosen, rejected]
-    torch.testing.assert_close(two_values, one_values, rtol=0, atol=1e-6)
+    two_caches = sorted((tmp_path / "cache-two").glob("*.pt"))
+    one_caches = sorted((tmp_path / "cache-one").glob("*.pt"))
+    # the same keys (same model, pairs, layers), one entry for the train pairs and one for eval
+    assert [p.name for p in two_caches] == [p.name for p in one_caches] and len(one_caches) == 2
+    for two_cache, one_cache in zip(two_caches, one_caches):
+        two_values, one_values = torch.load(two_cache), torch.load(one_cache)
+        assert two_values.shape in ((len(ROWS), 2, 2), (7, 2, 2))  # pairs, layers [2, 4], [chosen, rejected]
+        torch.testing.assert_close(two_values, one_values, rtol=0, atol=1e-6)
 
     two, one = _lines(tmp_path / "two"), _lines(tmp_path / "one")
-    assert [x["step"] for x in two] == [x["step"] for x in one] == [1, 2, 3]
+    assert [(x["step"], x["split"]) for x in two] == [(x["step"], x["split"]) for x in one]
+    assert [x["step"] for x in one if x["split"] == "train"] == [1, 2, 3]
+    assert [x["step"] for x in one if x["split"] == "eval"] == [1, 2, 3]
+    timings = ("runtime", "per_second")
     for a, b in zip(two, one):
         assert a.keys() == b.keys()
         for key, value in b.items():
-            if isinstance(value, float):
-                assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (a["step"], key)
+            if isinstance(value, float) and not key.endswith(timings):
+                assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (a["step"], a["split"], key)
+    # the eval pairs are counted once: 7 of them, 2 per batch and process, give fractions of 1/7
+    accuracies = [x["rewards/accuracies"] for x in one if x["split"] == "eval"]
+    assert all(abs(a * 7 - round(a * 7)) < 1e-6 for a in accuracies)
+    assert two_summary["best_metric"] == pytest.approx(one_summary["best_metric"], rel=1e-6)
+    assert Path(two_summary["best_checkpoint"]).name == Path(one_summary["best_checkpoint"]).name
     # the run trained: the loss moved away from log 2 after the first step
     assert abs(one[-1]["loss"] - 0.693147) > 1e-3
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpolab.commands import positive_int
+from dpolab.commands import add_model_options, positive_int
 from dpolab.data.pairs import FLAG_SKIP_HINT
 from dpolab.errors import DpolabError
 
@@ -29,8 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-length", type=int)
     p.add_argument("--on-bad-rows", choices=("error", "skip"), default="error")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    add_model_options(p)
 
 
 def register(subparsers) -> None:

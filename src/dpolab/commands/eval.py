@@ -8,18 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpolab.commands import positive_int
+from dpolab.commands import add_model_options, positive_int
 from dpolab.errors import DpolabError
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if present)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="model dtype (default: bfloat16 on GPUs that have it, else float32)",
-    )
 
 
 def register(subparsers) -> None:
@@ -61,7 +51,7 @@ def register(subparsers) -> None:
     w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/timeouts")
     w.add_argument("--backoff", type=float, default=1.0, help="openai: first back-off in seconds (doubles)")
     w.add_argument("--max-tokens", type=int, help="openai: max tokens of a reply")
-    _add_model_options(w)
+    add_model_options(w)
     w.set_defaults(func=run_winrate)
 
     t = sub.add_parser("tasks", help="downstream accuracy (ARC, HellaSwag: acc/acc_norm; GSM8K: exact match)")
@@ -82,7 +72,7 @@ def register(subparsers) -> None:
         "--add-bos-token", action="store_true", help="prepend BOS to contexts (lm-eval's add_bos_token)"
     )
     t.add_argument("--harness", action="store_true", help="run the tasks with lm-evaluation-harness instead")
-    _add_model_options(t)
+    add_model_options(t)
     t.set_defaults(func=run_tasks)
 
     f = sub.add_parser(
@@ -100,7 +90,7 @@ def register(subparsers) -> None:
     )
     f.add_argument("--max-tokens", type=int, help="use only the first N tokens of the text")
     f.add_argument("--batch-size", type=int, default=4)
-    _add_model_options(f)
+    add_model_options(f)
     f.set_defaults(func=run_forgetting)
 
 

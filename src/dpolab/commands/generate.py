@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dpolab.commands import positive_int
+from dpolab.commands import add_model_options, positive_int
 
 
 def register(subparsers) -> None:
@@ -38,8 +38,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="answer only the first N prompts")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    add_model_options(p)
     p.set_defaults(func=run)
 
 

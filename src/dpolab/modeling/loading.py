@@ -14,18 +14,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dpolab.errors import DpolabError
 from dpolab.paths import missing_local_path
 
+if TYPE_CHECKING:  # torch is imported where a model is loaded, so the command line starts fast
+    import torch
+    from torch import nn
+
 log = logging.getLogger("dpolab")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 ADAPTER_CONFIG = "adapter_config.json"
 # what a loader raises for a folder or hub id that holds no loadable model (a bug raises others)
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
@@ -40,19 +41,23 @@ def resolve_device(device: str = "auto") -> str:
     """`auto` -> `cuda` when a GPU is present, else `cpu`; anything else as given."""
     if device != "auto":
         return device
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(dtype: str, device: str = "cpu") -> torch.dtype:
     """A dtype name as a torch dtype; `auto` is bf16 on a GPU that has it, fp32 elsewhere (half
     precision on a CPU is slow and imprecise)."""
+    import torch
+
     if dtype not in DTYPE_CHOICES:
         raise DpolabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def _load(what: str, name: str, loader, **kwargs):
@@ -206,6 +211,8 @@ def load_sequence_classifier(
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter."""
+    import torch
+
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
