@@ -17,7 +17,7 @@ from dpolab.demo.task import (
     edit_distance_stats,
     generate_problem,
     make_splits,
-    normalised_edit_distance,
+    task_edit_distance,
     task_tokens,
     write_splits,
 )
@@ -58,7 +58,9 @@ configs = st.builds(
     st.integers(2, 4),
     st.integers(0, 2),
     st.integers(1, 30),
-    st.integers(10, 500),
+    # at least 50: with "+" alone, 6 steps of at least 1 from a start of up to 30 must stay in range
+    # (a smaller ceiling is a config that no problem fits, which generate_problem refuses)
+    st.integers(50, 500),
     st.sampled_from([("+", "-", "*"), ("+", "-"), ("+",), ("-", "*"), ("+", "*")]),
 )
 
@@ -119,16 +121,16 @@ def test_high_edit_rejected_is_a_wrong_chain_to_a_wrong_answer(seed, config):
 def test_task_edit_distance_by_hand():
     # 7 + 5 = 1 2 \n #### 1 2 is 10 tokens; stating 15 for 12 changes one of them: 1/10
     assert task_tokens("7 + 5 = 12\n#### 12") == ["7", " +", " 5", " =", " 1", "2", "\n", "####", " 1", "2"]
-    assert normalised_edit_distance("7 + 5 = 12\n#### 12", "7 + 5 = 15\n#### 12") == pytest.approx(0.1)
+    assert task_edit_distance("7 + 5 = 12\n#### 12", "7 + 5 = 15\n#### 12") == pytest.approx(0.1)
     # one token dropped from 10: distance 1 over the longer length 10
-    assert normalised_edit_distance("7 + 5 = 12\n#### 12", "7 + 5 = 1\n#### 12") == pytest.approx(0.1)
+    assert task_edit_distance("7 + 5 = 12\n#### 12", "7 + 5 = 1\n#### 12") == pytest.approx(0.1)
 
 
 def test_edit_distances_are_measured_and_land_in_their_ranges():
     problems = make_splits(seed=3, sizes=SplitSizes(train=500, eval=0, test=0))["train"]
     for p in problems:
-        assert p.low_edit_distance == normalised_edit_distance(p.chosen, p.rejected_low)
-        assert p.high_edit_distance == normalised_edit_distance(p.chosen, p.rejected_high)
+        assert p.low_edit_distance == task_edit_distance(p.chosen, p.rejected_low)
+        assert p.high_edit_distance == task_edit_distance(p.chosen, p.rejected_high)
         # one number of ~25 tokens: 1 or 2 digit tokens changed (a 2-digit result may become 1 digit)
         assert 0.03 <= p.low_edit_distance <= 0.10
         assert p.high_edit_distance >= 0.2

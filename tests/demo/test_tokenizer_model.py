@@ -7,14 +7,14 @@ import torch
 
 from dpolab.demo.model import ModelSize, build_model, num_parameters, save_model
 from dpolab.demo.task import SplitSizes, TaskConfig, make_splits, task_tokens
-from dpolab.demo.tokenizer import build_tokenizer, save_tokenizer
+from dpolab.demo.tokenizer import build_demo_tokenizer, save_tokenizer
 
 SMALL = ModelSize(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer()
+    return build_demo_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -98,10 +98,10 @@ def test_causal_lm_judge_reads_the_verdict_tokens(model_dir, tokenizer):
 
 def test_causal_lm_judge_refuses_a_tokenizer_without_the_verdicts(tmp_path):
     """The demo's word-level tokenizer has no 'A' or 'B': both are <unk>, so no verdict can be read."""
-    from dpolab.demo.tokenizer import build_tokenizer
+    from dpolab.demo.tokenizer import build_demo_tokenizer
     from dpolab.testing import tiny_model
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_demo_tokenizer()
     assert tokenizer("A", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
     tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dpolab.errors import DpolabError
+from dpolab.evaluation.harness import harness_metrics, run_harness
 from dpolab.evaluation.tasks import (
     choice_metrics,
     cut_at_stop,
@@ -18,10 +19,8 @@ from dpolab.evaluation.tasks import (
     evaluate_generation,
     evaluate_tasks,
     gsm8k_metrics,
-    harness_metrics,
     hellaswag_doc,
     load_task,
-    run_harness,
 )
 from dpolab.testing import build_tokenizer, tiny_model
 

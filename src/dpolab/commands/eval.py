@@ -155,8 +155,9 @@ def _parse_data(items: list[str]) -> dict[str, str]:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
+    from dpolab.evaluation.harness import run_harness
     from dpolab.evaluation.results import write_result
-    from dpolab.evaluation.tasks import evaluate_tasks, run_harness, tasks_table
+    from dpolab.evaluation.tasks import evaluate_tasks, tasks_table
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.harness:

@@ -65,9 +65,9 @@ def stage_task(out: Path, settings: DemoSettings) -> dict[str, Any]:
 
 def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict[str, Any]:
     from dpolab.demo.model import num_parameters, save_model, size_dict
-    from dpolab.demo.tokenizer import build_tokenizer
+    from dpolab.demo.tokenizer import build_demo_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_demo_tokenizer()
     model = save_model(out / "base-model", tokenizer, settings.model, seed=settings.seed)
     return {
         "path": str(out / "base-model"),

@@ -10,8 +10,8 @@ from typing import Any
 from dpolab import __version__
 from dpolab.analysis.plots import plot_layers, plot_tokens
 from dpolab.data.io import write_json_atomic
+from dpolab.report.document import Heading, Image, Para, Table, to_html, to_markdown
 from dpolab.report.plots import plot_curves
-from dpolab.report.render import Heading, Image, Para, Table, to_html, to_markdown
 from dpolab.report.runs import load_run
 
 

@@ -142,8 +142,8 @@ def task_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def normalised_edit_distance(a: str, b: str) -> float:
-    """Token-level Levenshtein distance of two texts divided by the longer one's length (NOTES.md)."""
+def task_edit_distance(a: str, b: str) -> float:
+    """Token-level Levenshtein distance of two texts divided by the longer one's length (Smaug; docs/notes.md)."""
     from dpolab.data.stats import normalised_edit_distance as token_distance
 
     return token_distance(task_tokens(a), task_tokens(b))
@@ -261,8 +261,8 @@ def generate_problem(rng: random.Random, config: TaskConfig = TaskConfig()) -> P
         wrong_answer=wrong[-1].after,
         corrupted_step=corrupted_step,
         steps=list(steps),
-        low_edit_distance=normalised_edit_distance(chosen, rejected_low),
-        high_edit_distance=normalised_edit_distance(chosen, rejected_high),
+        low_edit_distance=task_edit_distance(chosen, rejected_low),
+        high_edit_distance=task_edit_distance(chosen, rejected_high),
     )
 
 

@@ -56,7 +56,7 @@ def task_vocabulary(texts: Iterable[str] = ()) -> list[str]:
     return vocab
 
 
-def build_tokenizer(texts: Iterable[str] = ()):
+def build_demo_tokenizer(texts: Iterable[str] = ()):
     """A `PreTrainedTokenizerFast` for the task: WordLevel over `task_vocabulary(texts)`, byte-level
     spaces, `<s>` prepended to every encoded text, `</s>` as EOS, `<pad>` for padding."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -84,6 +84,6 @@ def build_tokenizer(texts: Iterable[str] = ()):
 
 def save_tokenizer(out_dir: str | Path, texts: Iterable[str] = ()):
     """Build the tokenizer and save it in Hugging Face format under `out_dir`; returns it."""
-    tokenizer = build_tokenizer(texts)
+    tokenizer = build_demo_tokenizer(texts)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer

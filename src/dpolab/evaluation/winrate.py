@@ -1,7 +1,7 @@
 """Pairwise win rates: both orders for every pair, agreement required, bootstrap intervals, and a
 cache of every judgement so that a re-run costs nothing.
 
-The rule (NOTES.md, MT-Bench): each pair is judged with A shown first and with B shown first. It
+The rule (docs/notes.md, MT-Bench): each pair is judged with A shown first and with B shown first. It
 is a win for A only if both orders prefer A, a loss only if both prefer B; anything else (the orders
 disagree, or either says tie) is a tie. A pair where either order's reply could not be read is
 `unparsed`: it is left out of the rates and counted on its own (never guessed into a tie).
