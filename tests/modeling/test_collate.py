@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpolab.modeling.collate import PairCollator, SequenceCollator, batch_targets
+from dpolab.modeling.collate import PairCollator, SequenceCollator, batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import TokenTargets, layer_logprobs, targets_from_completion_mask
 from dpolab.testing import tiny_model
 
@@ -231,3 +231,21 @@ def test_sequence_collator_batch_scores_like_a_completion_mask():
         ref = layer_logprobs(model, dict(batch, completion_mask=completion_mask), [1, 2])
     torch.testing.assert_close(out.logps, ref.logps, rtol=1e-6, atol=1e-6)
     assert out.num_tokens.tolist() == [4, 2]
+
+
+def test_pair_collator_scores_the_prompts_when_asked():
+    batch = PairCollator(pad_token_id=0, score_prompt=True)(PAIRS)
+    # the prompts' own tokens, each from its second (the first has nothing before it):
+    #   row 0: 11 ← col 0, 12 ← col 1;   row 1: none (a one-token prompt);   row 2: 31 ← 12+0
+    assert batch["prompt_target_positions"].tolist() == [0, 1, 12]
+    assert batch["prompt_target_tokens"].tolist() == [11, 12, 31]
+    assert batch["prompt_target_segments"].tolist() == [0, 0, 2]  # prompt b is segment b
+    assert batch["num_prompts"] == 3
+    targets = batch_prompt_targets(batch)
+    assert targets.num_segments == 3 and targets.num_tokens().tolist() == [2, 0, 1]
+    # the completions' targets are those of the plain collator
+    plain = PairCollator(pad_token_id=0)(PAIRS)
+    for key in ("input_ids", "target_positions", "target_tokens", "target_segments"):
+        assert torch.equal(batch[key], plain[key])
+    with pytest.raises(ValueError, match="without score_prompt"):
+        batch_prompt_targets(plain)

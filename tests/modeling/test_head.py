@@ -3,6 +3,8 @@ odd shapes, values and gradients, every dtype and both backward paths."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -154,3 +156,60 @@ def test_chunk_tokens_must_be_positive():
     for bad in (0, -3):
         with pytest.raises(ValueError, match="chunk_tokens must be a positive"):
             token_logprobs(hidden, weight, bias, tokens, chunk_tokens=bad)
+
+
+def naive_log_sum_sq(hidden, weight, bias, tokens):
+    """log Σ_v p_v² from the full `(N, V)` logits: logsumexp(2·log_softmax)."""
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    return torch.logsumexp(2 * torch.log_softmax(logits, dim=-1), dim=-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, N, 500])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_sum_sq_matches_the_full_logits(dtype, chunk):
+    """WPO's log Σ_v p_v², from inside the chunk loop, equals the naive full-logits value; the
+    log-probs and their gradients stay what they are without it, and it carries no gradient."""
+    hidden, weight, bias, tokens, upstream = _head_inputs(dtype, bias=True, seed=11 + chunk)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    logps, sum_sq = token_logprobs(*leaves, tokens, chunk_tokens=chunk, log_sum_sq=True)
+    grads = torch.autograd.grad((logps * upstream.to(logps.dtype)).sum(), leaves)
+    plain, plain_grads = _run(
+        token_logprobs, hidden, weight, bias, tokens, upstream, "all", chunk_tokens=chunk
+    )
+    tol = TOL[dtype]
+    torch.testing.assert_close(sum_sq, naive_log_sum_sq(hidden, weight, bias, tokens), rtol=tol, atol=tol)
+    torch.testing.assert_close(logps.detach(), plain.detach(), rtol=0, atol=0)
+    for g, r in zip(grads, plain_grads):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+    assert not sum_sq.requires_grad and sum_sq.dtype == logps.dtype and sum_sq.shape == (N,)
+    # log(1/V) ≤ log Σ p² ≤ 0: between the uniform distribution's and a one-hot's
+    assert (sum_sq <= 1e-6).all() and (sum_sq >= -math.log(V) - 1e-6).all()
+
+
+def test_log_sum_sq_hand_worked():
+    # one row, V = 2, logits [0, log 3]: p = [1/4, 3/4], Σ p² = 1/16 + 9/16 = 10/16 → log 0.625
+    hidden = torch.tensor([[1.0]], dtype=torch.float64)
+    weight = torch.tensor([[0.0], [1.0986122886681098]], dtype=torch.float64)
+    logp, sum_sq = token_logprobs(hidden, weight, None, torch.tensor([1]), log_sum_sq=True)
+    assert abs(logp.item() - (-0.2876820724517809)) < 1e-12  # log 3/4
+    assert abs(sum_sq.item() - (-0.4700036292457356)) < 1e-12  # log 0.625
+
+
+def test_log_sum_sq_keeps_the_chunk_bound(monkeypatch):
+    """Asking for log Σ p² adds no logits and no chunk larger than `chunk`: the same 16 chunks of ≤ 7 rows."""
+    calls: list[int] = []
+    original = head_module._chunk_logits
+
+    def counting(hidden, weight, bias):
+        calls.append(hidden.shape[0])
+        return original(hidden, weight, bias)
+
+    monkeypatch.setattr(head_module, "_chunk_logits", counting)
+    h, w, b, tokens, _ = _head_inputs(torch.float32, bias=True)
+    token_logprobs(h, w, b, tokens, chunk_tokens=7, log_sum_sq=True)
+    assert len(calls) == 16 and max(calls) == 7 and sum(calls) == N
+    empty, empty_sq = token_logprobs(h[:0], w, b, tokens[:0], chunk_tokens=7, log_sum_sq=True)
+    assert empty.shape == empty_sq.shape == (0,)

@@ -18,7 +18,7 @@ from torch import nn
 
 from dpolab.errors import DpolabError
 from dpolab.modeling.attention import positions_from_attention_mask, segment_attention_mask
-from dpolab.modeling.collate import PairCollator, batch_targets
+from dpolab.modeling.collate import PairCollator, batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import layer_logprobs, targets_from_completion_mask
 from dpolab.testing import TINY_MODEL_TYPES, naive_layer_logprobs, tiny_model
 
@@ -485,3 +485,50 @@ def test_unknown_architecture_names_the_model_class():
         layer_logprobs(bert, batch)
     with pytest.raises(DpolabError, match="FooForCausalLM"):
         layer_logprobs(FooForCausalLM(), batch)
+
+
+def test_per_token_outputs_and_the_prompts_from_the_same_forward():
+    """Beside the sums: each target's log-prob (whose sums they are), WPO's log Σ p² per target
+    (the naive full-logits value), and the prompts' own tokens scored in the same projection."""
+    model = _model("llama")
+    examples = _pair_examples()
+    batch = PairCollator(pad_token_id=2, score_prompt=True)(examples)
+    out = layer_logprobs(
+        model,
+        batch,
+        LAYERS,
+        targets=batch_targets(batch),
+        prompt_targets=batch_prompt_targets(batch),
+        log_sum_sq=True,
+        chunk_tokens=5,
+    )
+    n = batch["target_tokens"].shape[0]
+    assert out.token_logps.shape == out.log_sum_sq.shape == (3, n)
+    sums = torch.zeros(3, 6).index_add(1, batch["target_segments"], out.token_logps)
+    torch.testing.assert_close(out.logps, sums, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.logps, _separately(model, examples, LAYERS), rtol=1e-5, atol=1e-5)
+    # each prompt scored alone, naive: its tokens from the second, as a "completion" of its first
+    for b, e in enumerate(examples):
+        ids = torch.tensor([e["prompt_ids"]])
+        mask = torch.ones_like(ids)
+        mask[0, 0] = 0
+        naive = naive_layer_logprobs(
+            model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": mask}, LAYERS
+        )
+        torch.testing.assert_close(out.prompt_logps[:, b], naive.logps[:, 0], rtol=1e-5, atol=1e-5)
+    assert out.prompt_num_tokens.tolist() == [8, 3, 0]
+    # log Σ p² of the final layer's targets from the full logits of the ordinary forward
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=segment_attention_mask(batch["segment_ids"], torch.float32),
+            position_ids=batch["position_ids"],
+        ).logits
+    rows = logits.reshape(-1, logits.shape[-1])[batch["target_positions"]].float()
+    expected = torch.logsumexp(2 * torch.log_softmax(rows, -1), -1)
+    torch.testing.assert_close(out.log_sum_sq[-1], expected, rtol=1e-5, atol=1e-5)
+    assert not out.log_sum_sq.requires_grad
+    # without the asking, neither is computed
+    plain = layer_logprobs(model, batch, LAYERS, targets=batch_targets(batch))
+    assert plain.log_sum_sq is None and plain.prompt_logps is None
+    torch.testing.assert_close(plain.logps, out.logps, rtol=0, atol=0)

@@ -14,6 +14,7 @@ Example, prompt [1 2 3], chosen [4 5], rejected [6]:
     segment_ids   1 1 1 2 2 3
     position_ids  0 1 2 3 4 3
     scored        4 predicted at position 2, 5 at 3 (sequence 0); 6 predicted at position 2 (sequence 1)
+    prompt        (with `score_prompt`) 2 predicted at position 0, 3 at 1 (prompt 0)
 """
 
 from __future__ import annotations
@@ -59,20 +60,36 @@ def batch_targets(batch: dict[str, Any]) -> TokenTargets:
     )
 
 
+def batch_prompt_targets(batch: dict[str, Any]) -> TokenTargets:
+    """The prompts' own tokens a batch collated with `score_prompt` carries (prompt b: segment b)."""
+    if "prompt_target_positions" not in batch:
+        raise ValueError("this batch was collated without score_prompt: it carries no prompt targets")
+    return TokenTargets(
+        positions=batch["prompt_target_positions"],
+        tokens=batch["prompt_target_tokens"],
+        segments=batch["prompt_target_segments"],
+        num_segments=int(batch["num_prompts"]),
+    )
+
+
 @dataclass
 class PairCollator:
     """Collates tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into packed pair rows.
 
     Examples may carry `ref_logps`, a `(num_layers, 2)` list of reference log-probs [chosen,
     rejected] per layer (precomputed reference); they are stacked into `(num_layers, 2·batch)`.
+    With `score_prompt`, the batch also names the prompts' own tokens (each from its second; the
+    first has nothing before it) as `prompt_target_*`, for `batch_prompt_targets` (ORPO's NLL).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    score_prompt: bool = False
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         rows, segments, positions = [], [], []
         t_pos, t_tok, t_seg = [], [], []
+        p_pos, p_tok, p_seg = [], [], []
         width = max(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -84,6 +101,10 @@ class PairCollator:
             segments.append([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * len(r))
             positions.append(list(range(n_p + n_c)) + list(range(n_p, n_p + len(r))))
             base = b * width
+            if self.score_prompt:  # prompt token j ≥ 1 is predicted at position j − 1
+                p_pos += [base + j - 1 for j in range(1, n_p)]
+                p_tok += p[1:]
+                p_seg += [b] * (n_p - 1)
             # chosen token j is predicted at position n_p − 1 + j
             for j, tok in enumerate(c):
                 t_pos.append(base + n_p - 1 + j)
@@ -104,6 +125,13 @@ class PairCollator:
             "target_segments": torch.tensor(t_seg, dtype=torch.long),
             "num_sequences": 2 * len(examples),
         }
+        if self.score_prompt:
+            batch.update(
+                prompt_target_positions=torch.tensor(p_pos, dtype=torch.long),
+                prompt_target_tokens=torch.tensor(p_tok, dtype=torch.long),
+                prompt_target_segments=torch.tensor(p_seg, dtype=torch.long),
+                num_prompts=len(examples),
+            )
         if "ref_logps" in examples[0]:
             ref = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)  # (B, layers, 2)
             batch["ref_logps"] = ref.permute(1, 0, 2).reshape(

@@ -2,12 +2,14 @@
 
 `token_logprobs(hidden, weight, bias, tokens)` projects `chunk_tokens` rows at a time; its
 backward recomputes one chunk at a time (or, with a frozen head, keeps `softmax·W` per row). It
-serves the final layer and every intermediate layer alike (`dpolab.modeling.logprobs`).
+serves the final layer and every intermediate layer alike (`dpolab.modeling.logprobs`). Asked
+for it, the same chunk loop also gives each row's `log Σ_v p_v²` (WPO's weights), detached.
 
     token_logprobs()
     ├── _gather_dtensor()            FSDP2: the full head weight, differentiably
     └── _ChunkedTokenLogprobs.apply()
-        ├── forward: per chunk, logits → lse, target log-prob (and softmax·W for a frozen head)
+        ├── forward: per chunk, logits → lse, target log-prob (softmax·W for a frozen head,
+        │            log Σ p² when asked)
         └── backward: per chunk, logits again → (onehot − softmax)·g → grads of hidden, W, b
 """
 
@@ -87,14 +89,19 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     `(N, d)`, so that backward needs no recomputation: d logp / d h = W[target] − softmax·W.
 
     The softmax is taken in place in each chunk's logits: one `(chunk, V)` tensor alive at a time.
+    With `sum_sq`, the second output is `log Σ_v p_v²` of each row (no gradient), from the same
+    chunk: `p = e/Σe` with `e = exp(logits − max)`, so `log Σ p² = 2·(log ‖e‖₂ − log Σe)`; the norm
+    is one reduction over the chunk, with no second `(chunk, V)` tensor. Without it, the second
+    output is empty.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens, chunk):
+    def forward(ctx, hidden, weight, bias, tokens, chunk, sum_sq):
         n_rows = hidden.shape[0]
         acc = _accumulation_dtype(hidden.dtype)
         out = torch.empty(n_rows, dtype=acc, device=hidden.device)
         lse = torch.empty(n_rows, dtype=acc, device=hidden.device)
+        log_sum_sq = torch.empty(n_rows if sum_sq else 0, dtype=acc, device=hidden.device)
         keep_expected = (
             ctx.needs_input_grad[0]
             and not ctx.needs_input_grad[1]
@@ -111,6 +118,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 chunk_lse = top.squeeze(1) + sums.log()
                 out[start:end] = target - chunk_lse
                 lse[start:end] = chunk_lse
+                if sum_sq:  # log Σ p² = log Σ e² − 2·log Σ e, with Σ e² = ‖e‖₂² (e ≤ 1, its max is 1)
+                    norm = torch.linalg.vector_norm(logits, dim=1)
+                    log_sum_sq[start:end] = 2.0 * (norm.log() - sums.log())
                 if keep_expected:  # softmax·W = (exp(logits − max)·W) / sum
                     mixed = logits.to(full_weight.dtype) @ full_weight
                     expected[start:end] = (mixed / sums[:, None].to(mixed.dtype)).to(hidden.dtype)
@@ -129,10 +139,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             expected if keep_expected else hidden.new_empty(0),
         )
         ctx.keep_expected = keep_expected
-        return out
+        ctx.mark_non_differentiable(log_sum_sq)
+        return out, log_sum_sq
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_log_sum_sq):
         hidden, weight, bias, tokens, lse, expected = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -148,7 +159,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 grad_hidden = grad_out[:, None].to(hidden.dtype) * (
                     weight[tokens].to(hidden.dtype) - expected
                 )
-                return grad_hidden, None, None, None, None
+                return grad_hidden, None, None, None, None, None
 
             n_rows, vocab = hidden.shape[0], weight.shape[0]
             grad_hidden = torch.empty_like(hidden) if need_h else None
@@ -179,6 +190,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_bias.to(bias.dtype) if need_b else None,
             None,
             None,
+            None,
         )
 
 
@@ -189,7 +201,8 @@ def token_logprobs(
     tokens: torch.Tensor,
     *,
     chunk_tokens: int | None = None,
-) -> torch.Tensor:
+    log_sum_sq: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(token | hidden) for each row, never holding more than `chunk_tokens` rows of logits.
 
     Args:
@@ -197,11 +210,14 @@ def token_logprobs(
         weight: `(V, d)` output head weight; bias: `(V,)` or None.
         tokens: `(N,)` target token ids.
         chunk_tokens: rows per chunk (default: 64 MiB of fp32 logits).
+        log_sum_sq: also return `log Σ_v p_v²` of each row's distribution (WPO's weights), detached.
     Returns:
-        `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias.
+        `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias;
+        with `log_sum_sq`, the pair (log-probs, `(N,)` log Σ p², no gradient).
 
     Naive equivalent (what the tests compare against), for fp32 and the half types:
-        torch.log_softmax((hidden @ weight.T + bias).float(), -1).gather(1, tokens[:, None]).squeeze(1)
+        logp = torch.log_softmax((hidden @ weight.T + bias).float(), -1)
+        logp.gather(1, tokens[:, None]).squeeze(1), torch.logsumexp(2 * logp, -1)
     """
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be a positive number of rows, got {chunk_tokens}")
@@ -209,5 +225,7 @@ def token_logprobs(
     weight, bias = _gather_dtensor(weight), _gather_dtensor(bias)  # FSDP2: the full head, differentiably
     if hidden.shape[0] == 0:
         # keep the result connected to the graph, so that an empty batch still back-propagates zeros
-        return hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
-    return _ChunkedTokenLogprobs.apply(hidden, weight, bias, tokens, chunk)
+        empty = hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
+        return (empty, empty.detach()) if log_sum_sq else empty
+    out, sum_sq = _ChunkedTokenLogprobs.apply(hidden, weight, bias, tokens, chunk, log_sum_sq)
+    return (out, sum_sq) if log_sum_sq else out

@@ -7,7 +7,8 @@ for that call only, by a function that
   1. gathers the hidden states at the positions that predict a completion token (no others),
   2. passes intermediate ones through the model's final norm (the logit lens; switchable off),
   3. projects them through the shared head in chunks of tokens (`token_logprobs`), and
-  4. sums the log-probs of each sequence.
+  4. sums the log-probs of each sequence (the per-token ones are kept too, for the objectives
+     that weigh tokens: LD-DPO, WPO).
 
 Running inside the head's forward keeps it inside the model's forward, so the wrappers that
 gather sharded parameters around a module's forward (FSDP, DeepSpeed ZeRO-3) and DDP's gradient
@@ -84,11 +85,18 @@ def targets_from_completion_mask(input_ids: torch.Tensor, completion_mask: torch
 
 @dataclass
 class LayerLogprobs:
-    """Summed completion log-probs of each sequence for each requested layer."""
+    """Summed completion log-probs of each sequence for each requested layer, and what they are
+    sums of: each scored token's log-prob and sequence (None where made by hand from sums)."""
 
     layers: tuple[int, ...]  # layer numbers, the final layer being L
     logps: torch.Tensor  # (len(layers), num_segments) fp32 sums
     num_tokens: torch.Tensor  # (num_segments,) scored tokens per sequence
+    token_logps: torch.Tensor | None = None  # (len(layers), N) each target token's log-prob
+    segments: torch.Tensor | None = None  # (N,) the sequence of each target token
+    log_sum_sq: torch.Tensor | None = None  # (len(layers), N) log Σ_v p_v² (detached), when asked
+    # the prompts' own tokens (from each prompt's second), when asked: ORPO's NLL counts them
+    prompt_logps: torch.Tensor | None = None  # (len(layers), num_prompts) sums
+    prompt_num_tokens: torch.Tensor | None = None  # (num_prompts,)
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         return self.logps[self.layers.index(layer)]
@@ -150,6 +158,8 @@ def layer_logprobs(
     final_norm: bool = True,
     chunk_tokens: int | None = None,
     targets: TokenTargets | None = None,
+    prompt_targets: TokenTargets | None = None,
+    log_sum_sq: bool = False,
 ) -> LayerLogprobs:
     """Summed completion log-probs per sequence, for each layer in `layers`, from ONE forward pass.
 
@@ -163,8 +173,11 @@ def layer_logprobs(
         final_norm: pass intermediate layers through the model's final norm before the head.
         chunk_tokens: tokens per chunk of the head projection.
         targets: which positions score which tokens; default from `completion_mask`.
+        prompt_targets: further tokens to score in the same projection, summed apart into
+            `prompt_logps` (the prompts' own tokens, for ORPO's NLL).
+        log_sum_sq: also keep each target's `log Σ_v p_v²` (WPO), from inside the chunked head.
     Returns:
-        `LayerLogprobs` with `logps` `(len(layers), num_segments)`.
+        `LayerLogprobs` with `logps` `(len(layers), num_segments)`, and per-token `token_logps`.
     """
     parts = anatomy(model)
     layers = resolve_layers(layers, parts.num_layers)
@@ -185,20 +198,27 @@ def layer_logprobs(
     captured: dict[int, torch.Tensor] = {}
     final_layer = parts.num_layers
     norm = parts.final_norm
+    positions, tokens = targets.positions, targets.tokens
+    if prompt_targets is not None:  # one projection for both, split after
+        positions = torch.cat([positions, prompt_targets.positions])
+        tokens = torch.cat([tokens, prompt_targets.tokens])
+    sum_sq: list[torch.Tensor] = []  # per layer, detached: beside the forward's output
 
     def head_forward(head_self, hidden_states):
         per_layer = []
         for k in layers:
             h = hidden_states if k == final_layer else captured[k]
-            h = h.reshape(-1, h.shape[-1]).index_select(0, targets.positions)
+            h = h.reshape(-1, h.shape[-1]).index_select(0, positions)
             if k != final_layer and final_norm:
                 h = norm(h)
-            token_lp = token_logprobs(
-                h, head_self.weight, head_self.bias, targets.tokens, chunk_tokens=chunk_tokens
+            out = token_logprobs(
+                h, head_self.weight, head_self.bias, tokens, chunk_tokens=chunk_tokens, log_sum_sq=log_sum_sq
             )
-            sums = token_lp.new_zeros(targets.num_segments).index_add(0, targets.segments, token_lp)
-            per_layer.append(sums)
-        return torch.stack(per_layer)
+            if log_sum_sq:
+                out, layer_sum_sq = out
+                sum_sq.append(layer_sum_sq)
+            per_layer.append(out)
+        return torch.stack(per_layer)  # (len(layers), N [+ prompt tokens]) per-token log-probs
 
     with _capture_blocks(parts, layers, captured), _head_forward(parts.head, head_forward):
         output = model(
@@ -207,4 +227,25 @@ def layer_logprobs(
             position_ids=position_ids,
             use_cache=False,
         )
-    return LayerLogprobs(layers=layers, logps=output.logits, num_tokens=targets.num_tokens())
+    n = targets.tokens.shape[0]
+    token_lp = output.logits
+    result = LayerLogprobs(
+        layers=layers,
+        logps=segment_sums(token_lp[:, :n], targets.segments, targets.num_segments),
+        num_tokens=targets.num_tokens(),
+        token_logps=token_lp[:, :n],
+        segments=targets.segments,
+        log_sum_sq=torch.stack(sum_sq)[:, :n] if log_sum_sq else None,
+    )
+    if prompt_targets is not None:
+        result.prompt_logps = segment_sums(
+            token_lp[:, n:], prompt_targets.segments, prompt_targets.num_segments
+        )
+        result.prompt_num_tokens = prompt_targets.num_tokens()
+    return result
+
+
+def segment_sums(values: torch.Tensor, segments: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """`(..., num_segments)` sums of `values` `(..., N)` by the sequence `segments[i]` of each."""
+    out = values.new_zeros((*values.shape[:-1], num_segments))
+    return out.index_add(-1, segments, values)
