@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from dpolab.config.schema import LossSection
 from dpolab.errors import DpolabError
 from dpolab.objectives.losses import dpo_loss, dpop_loss, ipo_loss, mix_layer_losses
 from dpolab.objectives.registry import LOSSES, get_loss_spec
@@ -169,11 +170,13 @@ def test_ipo_minimum_at_half_inverse_beta(batch, beta):
 
 
 def _spec_call(name, *logps, **params):
-    """The registered loss `name` on summed log-probs, given as its spec says (lengths of 3 and 5)."""
+    """The registered loss `name` on summed log-probs, given as its spec says (lengths of 3 and 5),
+    its keys from a loss section with `params` (the rest at their defaults)."""
     spec = get_loss_spec(name)
     batch = logps[0].shape[0]
     lengths = dict(chosen_lengths=torch.full((batch,), 3), rejected_lengths=torch.full((batch,), 5))
-    return spec.compute(*logps, **lengths, params={k: params[k] for k in spec.keys})
+    section = LossSection(**{k: v for k, v in params.items() if k != "chosen_nll"})
+    return spec.compute(*logps, **lengths, params=spec.params(section), chosen_nll=params.get("chosen_nll"))
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "dpop"])

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainingArguments
 
 from dpolab.modeling.collate import PairCollator
-from dpolab.objectives.preference import PreferenceObjective
+from dpolab.objectives.preference import LossTerm, PreferenceObjective
 from dpolab.objectives.registry import get_loss_spec
 from dpolab.testing import tiny_model
 from dpolab.training.reference import ModelReference, PrecomputedReference
@@ -63,7 +63,7 @@ PAIRS = [
 def test_loss_step_has_no_host_synchronisation(tmp_path, reference):
     policy = tiny_model("llama", vocab_size=64).train()
     objective = PreferenceObjective(
-        get_loss_spec("dpo"), final_layer=4, params={"beta": 0.1}, intermediate_layers=(2,)
+        (LossTerm(get_loss_spec("dpo"), params={"beta": 0.1}),), final_layer=4, intermediate_layers=(2,)
     )
     collator = PairCollator(pad_token_id=2)
     if reference == "live":

@@ -64,9 +64,24 @@ class IntermediateSettings:
 
 @dataclass
 class LossSection:
-    method: str = "dpo"  # a name of dpolab.objectives.registry (dpo, ipo, dpop, ...)
-    beta: float = 0.1
-    dpop_lambda: float = 50.0
+    """The loss (docs/methods.md lists every method, its formula, paper and keys). A key that the
+    chosen method does not use is refused at start-up, so every default below is only read by the
+    methods that take it."""
+
+    # a name of dpolab.objectives.registry (dpo = sigmoid, ipo, dpop, simpo, orpo, ...), or a list
+    # of them: the loss is then their weighted sum (TRL's loss_type list, e.g. MPO)
+    method: str | list[str] = "dpo"
+    weights: list[float] | None = None  # one per method in the list (default: 1 each); TRL's loss_weights
+    beta: float = 0.1  # β; for orpo the odds-ratio weight λ (as TRL and LLaMA-Factory name it)
+    dpop_lambda: float = 50.0  # dpop: the penalty weight λ
+    label_smoothing: float = 0.0  # ε ∈ [0, 0.5): dpo (cDPO), robust, exo_pair (> 0), aot*, simpo, cpo
+    discopop_tau: float = 0.05  # discopop: τ
+    f_divergence: str = "reverse_kl"  # f-DPO: reverse_kl | forward_kl | js_divergence | alpha_divergence
+    f_alpha: float = 0.5  # α of f_divergence alpha_divergence (TRL's f_alpha_divergence_coef)
+    ld_alpha: float | None = None  # LD-DPO: weight in [0, 1] of the tokens past the pair's shared length
+    use_weighting: bool = False  # WPO: weigh each pair by the policy's per-token probability of both
+    simpo_gamma: float = 0.5  # simpo: the target reward margin γ (TRL's simpo_gamma)
+    cpo_alpha: float = 1.0  # cpo: the weight of the NLL term (TRL's cpo_alpha)
     intermediate: IntermediateSettings = field(default_factory=IntermediateSettings)
 
 
@@ -108,6 +123,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "
 
 # Keys whose value must be one of a fixed set (the loss method is checked against the registry).
 CHOICES = {
+    "loss.f_divergence": ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
     "model.dtype": ("float32", "bfloat16"),
     "model.attn_implementation": ("sdpa", "eager"),
     "data.format": ("auto", "standard", "conversational", "implicit"),

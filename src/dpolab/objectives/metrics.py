@@ -66,7 +66,10 @@ def layer_prefix(layer: int, final_layer: int) -> str:
     return "" if layer == final_layer else f"layers/{layer}/"
 
 
+LOWER_IS_BETTER = ("dpop/penalty", "nll_loss")  # further metrics that improve downwards
+
+
 def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of a logged metric is the better one: the losses and DPOP's penalty."""
+    """Whether a smaller value of a logged metric is the better one: the losses, DPOP's penalty, the NLL."""
     name = metric.split("/", 2)[-1] if metric.startswith("layers/") else metric
-    return name == "loss" or name.startswith("loss/") or name.endswith("/loss") or name == "dpop/penalty"
+    return name == "loss" or name.startswith("loss/") or name.endswith("/loss") or name in LOWER_IS_BETTER

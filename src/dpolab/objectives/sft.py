@@ -17,6 +17,9 @@ class SFTObjective:
     final_layer: int
     needs_reference = False
     final_norm = True  # only the final layer: the model's own norm
+    scores_prompt = False  # the prompts' tokens never count
+    use_weighting = False
+    ld_alpha = None
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -69,6 +69,8 @@ def _summary_blocks(runs: Sequence[Run]) -> list[Block]:
             method, beta, layers = "sft", "-", None
         else:
             method = config_value(run.config, "loss.method", "method") or (run.summary or {}).get("method")
+            if isinstance(method, list):  # a weighted sum of methods
+                method = "+".join(map(str, method))
             beta = config_value(run.config, "loss.beta", "beta")
             layers = config_value(run.config, "loss.intermediate.layers", "loss.intermediate_layers")
         rows.append(

@@ -2,8 +2,8 @@
 log-probs computed once before training and cached on disk (`dpolab.training.reference_cache`).
 
 All three give `logps(batch) -> (len(layers), 2B)` summed log-probs in the order of
-`dpolab.modeling.collate`, for the same layers as the policy, so the objective never knows which
-it got.
+`dpolab.modeling.collate`, for the same layers as the policy and reduced as the policy's are
+(LD-DPO's weighted sums with `ld_alpha`), so the objective never knows which it got.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from dpolab.modeling.collate import batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
+from dpolab.objectives.sequences import sequence_logps
 
 
 class ModelReference:
@@ -29,6 +30,7 @@ class ModelReference:
         *,
         final_norm: bool = True,
         chunk_tokens: int | None = None,
+        ld_alpha: float | None = None,
     ):
         self.model, self.layers, self.final_norm, self.chunk_tokens = (
             model,
@@ -36,6 +38,7 @@ class ModelReference:
             final_norm,
             chunk_tokens,
         )
+        self.ld_alpha = ld_alpha
 
     def to(self, device) -> ModelReference:
         self.model.to(device)
@@ -51,7 +54,7 @@ class ModelReference:
             chunk_tokens=self.chunk_tokens,
             targets=batch_targets(batch),
         )
-        return out.logps
+        return sequence_logps(out, self.ld_alpha)
 
 
 def _peft_model(model: nn.Module):
@@ -86,8 +89,16 @@ class AdapterDisabledReference:
     forward or its gradients (dropout masks are drawn at forward time, and gradient checkpointing
     recomputes after the mode is restored)."""
 
-    def __init__(self, layers: Sequence[int], *, final_norm: bool = True, chunk_tokens: int | None = None):
+    def __init__(
+        self,
+        layers: Sequence[int],
+        *,
+        final_norm: bool = True,
+        chunk_tokens: int | None = None,
+        ld_alpha: float | None = None,
+    ):
         self.layers, self.final_norm, self.chunk_tokens = tuple(layers), final_norm, chunk_tokens
+        self.ld_alpha = ld_alpha
 
     @torch.no_grad()
     def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
@@ -100,7 +111,7 @@ class AdapterDisabledReference:
                 chunk_tokens=self.chunk_tokens,
                 targets=batch_targets(batch),
             )
-        return out.logps
+        return sequence_logps(out, self.ld_alpha)
 
 
 class PrecomputedReference:

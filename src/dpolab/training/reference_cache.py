@@ -1,7 +1,8 @@
 """Reference log-probs computed once before training, and their cache on disk.
 
 The key covers everything the values depend on: the reference weights
-(`dpolab.modeling.fingerprint`), every pair's token ids, the layers, the final norm and the dtype.
+(`dpolab.modeling.fingerprint`), every pair's token ids, the layers, the final norm, the dtype and
+LD-DPO's α (the sums it weighs).
 Under several processes each computes a share of the batches and all receive the whole result.
 """
 
@@ -32,14 +33,15 @@ def cache_key(
     layers: Sequence[int],
     final_norm: bool,
     dtype: str,
+    ld_alpha: float | None = None,
 ) -> str:
-    """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype."""
+    """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype, and
+    LD-DPO's α (None, the plain sums, keeps the key of a cache written before it existed)."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {"model": model, "layers": list(layers), "final_norm": final_norm, "dtype": dtype}, sort_keys=True
-        ).encode()
-    )
+    settings = {"model": model, "layers": list(layers), "final_norm": final_norm, "dtype": dtype}
+    if ld_alpha is not None:
+        settings["ld_alpha"] = ld_alpha
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for pair in pairs:
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
             digest.update(len(pair[key]).to_bytes(4, "little"))

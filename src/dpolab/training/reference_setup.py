@@ -85,17 +85,21 @@ def build_reference(config: RunConfig, policy, objective, prepared, collator, ar
     When the reference is the policy's starting weights (no `ref_name_or_path`), the policy itself
     computes them before training starts: no second copy is loaded."""
     if not objective.needs_reference:
-        log.info("reference: none (loss.method %s compares the policy with no reference)", config.loss.method)
+        log.info(
+            "reference: none (loss.method %s compares the policy with no reference: none loaded, computed or cached)",
+            config.loss.method,
+        )
         return None
     section = config.model
     layers, final_norm = objective.layers, objective.final_norm
+    how = {"final_norm": final_norm, "ld_alpha": objective.ld_alpha}  # reduced as the policy's are
     adapters = section.lora is not None and section.ref_name_or_path is None
     if not config.reference.precompute:
         if adapters:
             log.info("reference: the policy with its LoRA adapters disabled")
-            return AdapterDisabledReference(layers, final_norm=final_norm)
+            return AdapterDisabledReference(layers, **how)
         log.info("reference: a frozen copy of %s", section.ref_name_or_path or section.name_or_path)
-        return ModelReference(load_frozen_reference(section), layers, final_norm=final_norm).to(args.device)
+        return ModelReference(load_frozen_reference(section), layers, **how).to(args.device)
 
     ref_path = section.ref_name_or_path or section.name_or_path
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
@@ -109,18 +113,19 @@ def build_reference(config: RunConfig, policy, objective, prepared, collator, ar
             layers=layers,
             final_norm=final_norm,
             dtype=section.dtype,
+            ld_alpha=objective.ld_alpha,
         )
 
         def compute(pairs=pairs):
             if adapters:
-                reference, owner = AdapterDisabledReference(layers, final_norm=final_norm), policy
+                reference, owner = AdapterDisabledReference(layers, **how), policy
             elif section.ref_name_or_path is None:
                 # the reference is the policy's starting weights, and no step has been taken yet:
                 # the policy itself serves, with no second copy in memory
-                reference, owner = ModelReference(policy, layers, final_norm=final_norm), None
+                reference, owner = ModelReference(policy, layers, **how), None
             else:
                 reference, owner = (
-                    ModelReference(load_frozen_reference(section), layers, final_norm=final_norm),
+                    ModelReference(load_frozen_reference(section), layers, **how),
                     None,
                 )
             if adapters or section.ref_name_or_path is None:

@@ -119,7 +119,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
         trainable / 1e6,
     )
     objective = stage.objective(config, num_layers)
-    collator = stage.collator(tokenizer)
+    collator = stage.collator(tokenizer, objective)
     reference = build_reference(config, policy, objective, data, collator, args)
     return PreparedRun(
         config=config,

@@ -16,14 +16,16 @@ from dpolab.config.validate import check_early_stopping_metric, validate
 from dpolab.data.tokenize import tokenize_pair, tokenize_sft
 from dpolab.errors import DpolabError
 from dpolab.modeling.collate import PairCollator, SequenceCollator
+from dpolab.objectives.checks import check_loss_section
 from dpolab.objectives.preference import PreferenceObjective
-from dpolab.objectives.registry import check_loss_section, get_loss_spec
+from dpolab.objectives.registry import needs_reference
 from dpolab.objectives.sft import SFTObjective
 
 
 @dataclass(frozen=True)
 class PreferenceStage:
-    """`dpolab train`: the configured loss (DPO, IPO, DPOP, ...) at the final and intermediate layers."""
+    """`dpolab train`: the configured loss (DPO, IPO, DPOP, SimPO, ORPO, ... or a weighted sum of
+    several) at the final and intermediate layers."""
 
     name: ClassVar[str] = "train"
     training_defaults: ClassVar[dict[str, Any]] = {}
@@ -59,11 +61,13 @@ class PreferenceStage:
                     f"{config.model.name_or_path} ({num_layers} layers; the final layer {num_layers} is always trained)"
                 )
 
-    def collator(self, tokenizer) -> PairCollator:
-        return PairCollator(pad_token_id=tokenizer.pad_token_id)
+    def collator(self, tokenizer, objective: PreferenceObjective | None = None) -> PairCollator:
+        """Pair rows; with the prompts' tokens among the targets when the objective scores them (ORPO)."""
+        score_prompt = objective is not None and objective.scores_prompt
+        return PairCollator(pad_token_id=tokenizer.pad_token_id, score_prompt=score_prompt)
 
     def needs_reference(self, config: RunConfig) -> bool:
-        return get_loss_spec(config.loss.method).needs_reference
+        return needs_reference(config.loss)
 
     def describe(self, config: RunConfig) -> dict[str, Any]:
         """What summary.json says of the stage."""
@@ -99,7 +103,7 @@ class SFTStage:
     def check_model(self, config: RunConfig, num_layers: int) -> None:
         pass
 
-    def collator(self, tokenizer) -> SequenceCollator:
+    def collator(self, tokenizer, objective: SFTObjective | None = None) -> SequenceCollator:
         return SequenceCollator(pad_token_id=tokenizer.pad_token_id)
 
     def needs_reference(self, config: RunConfig) -> bool:

@@ -4,7 +4,7 @@ this subclass only computes the loss of a batch and hands its per-pair metrics t
 
     training_step()                      (transformers)
     └── compute_loss()
-        ├── layer_logprobs(policy)       one forward: final + intermediate layers
+        ├── layer_logprobs(policy)       one forward: final + intermediate layers (+ prompts, WPO's Σp²)
         ├── reference.logps()            a frozen copy, adapters off, or precomputed (or none)
         └── objective()                  loss, per-pair losses and metrics
     log()                                adds the train metrics' means since the last log
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from dpolab.modeling.collate import batch_targets
+from dpolab.modeling.collate import batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.objectives.metrics import ObjectiveOutput
 
@@ -99,6 +99,8 @@ class DpolabTrainer(Trainer):
             final_norm=self.objective.final_norm,
             chunk_tokens=self.chunk_tokens,
             targets=batch_targets(inputs),
+            prompt_targets=batch_prompt_targets(inputs) if self.objective.scores_prompt else None,
+            log_sum_sq=self.objective.use_weighting,
         )
         reference = self.reference.logps(inputs, model) if self.reference is not None else None
         return self.objective(policy, reference)
