@@ -126,7 +126,9 @@ def get_loss_spec(method: str) -> LossSpec:
     try:
         return LOSSES[method]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(method), list(LOSSES), n=1)
+        # a name the text begins (bco: bco_pair), else the closest spelling
+        close = [name for name in LOSSES if name.startswith(str(method))] if method else []
+        close = close or difflib.get_close_matches(str(method), list(LOSSES), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise DpolabError(
             f"loss.method: {method!r} is not one of {', '.join(method_names())}{hint}"

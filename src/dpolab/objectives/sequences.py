@@ -44,7 +44,8 @@ def length_desensitised_logps(
     within = position_in_sequence(segments, num_segments) < shared[segments // 2]
     # Liu et al. 2024 (LD-DPO), https://arxiv.org/abs/2409.06411: log π(y|x) = log π(y_shared|x)
     # + α·log π(y_tail|x), the tail being the tokens past the shorter completion's length
-    weights = torch.where(within, 1.0, ld_alpha).to(token_logps.dtype)
+    one = torch.ones((), dtype=token_logps.dtype, device=token_logps.device)
+    weights = torch.where(within, one, one * ld_alpha)
     return segment_sums(token_logps * weights, segments, num_segments)
 
 
