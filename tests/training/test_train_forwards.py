@@ -1,6 +1,6 @@
 """One forward pass of the policy per batch serves the final and every intermediate layer; the
 reference adds one (a frozen copy's, or the policy's own with its LoRA adapters off) or none
-(precomputed). Counted with a hook on each model's input embeddings during the training steps."""
+(precomputed, or a reference-free loss: SimPO, CPO, ORPO). Counted with a hook on each model's input embeddings during the training steps."""
 
 from __future__ import annotations
 
@@ -57,20 +57,25 @@ class ForwardCounter(TrainerCallback):
 
 
 @pytest.mark.parametrize(
-    "kind,expected",
+    "kind,method,expected",
     [
-        ("live", {"policy": 1, "reference": 1}),
-        ("lora", {"policy, adapters on": 1, "policy, adapters off": 1}),
-        ("precomputed", {"policy": 1}),
+        ("live", "dpo", {"policy": 1, "reference": 1}),
+        ("lora", "dpo", {"policy, adapters on": 1, "policy, adapters off": 1}),
+        ("precomputed", "dpo", {"policy": 1}),
+        # reference-free: one forward of the policy, and no reference loaded, computed or cached
+        ("live", "simpo", {"policy": 1}),
+        ("live", "orpo", {"policy": 1}),  # its prompts' tokens scored in the same forward
+        ("live", ["cpo", "sft"], {"policy": 1}),
+        ("lora", "orpo", {"policy, adapters on": 1}),
     ],
 )
-def test_forward_passes_per_batch(tmp_path, monkeypatch, model_dir, kind, expected):
+def test_forward_passes_per_batch(tmp_path, monkeypatch, model_dir, kind, method, expected):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
     values = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(data), "max_length": 32, "max_prompt_length": 16},
-        "loss": {"intermediate": {"layers": [1, 3]}},  # three layers' log-probs from each forward
+        "loss": {"method": method, "intermediate": {"layers": [1, 3]}},  # three layers from each forward
         "training": {
             "output_dir": str(tmp_path / "out"),
             "max_steps": STEPS,
@@ -96,9 +101,18 @@ def test_forward_passes_per_batch(tmp_path, monkeypatch, model_dir, kind, expect
         return counter.reference
 
     monkeypatch.setattr("dpolab.training.reference_setup.load_frozen_reference", capture_reference)
+    if method != "dpo":
+
+        def no_reference(*args, **kwargs):
+            raise AssertionError("a reference-free loss computed reference log-probs")
+
+        monkeypatch.setattr("dpolab.training.reference_setup.compute_reference_logps", no_reference)
+        monkeypatch.setattr("dpolab.training.reference_setup.cached_reference_logps", no_reference)
     run(config_from_dict(values), callbacks=(counter,))
 
-    assert (counter.reference is not None) == (kind == "live")  # no second model otherwise
+    assert (counter.reference is not None) == (
+        kind == "live" and method == "dpo"
+    )  # no second model otherwise
     per_batch = {name: n // ACCUMULATION for name, n in counter.per_step[0].items()}
     assert len(counter.per_step) == STEPS
     assert all(step == counter.per_step[0] for step in counter.per_step)
