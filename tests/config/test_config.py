@@ -257,7 +257,7 @@ def test_missing_and_malformed_config_files(tmp_path):
         load_config(bad)
 
 
-@pytest.mark.parametrize("name", ["dpo", "dpop", "idpo", "ipo", "sft"])
+@pytest.mark.parametrize("name", ["dpo", "dpop", "idpo", "ipo", "sft", "simpo", "orpo", "mpo"])
 def test_examples_are_valid_and_shipped_in_the_repo(name):
     text = example_text(name)
     repo_copy = Path(__file__).parents[2] / "examples" / f"{name}.yaml"
@@ -285,6 +285,12 @@ def test_examples_carry_the_papers_settings():
     assert idpo.training["per_device_train_batch_size"] * idpo.training["gradient_accumulation_steps"] == 32
     dpop = config_from_dict(yaml.safe_load(example_text("dpop")))
     assert (dpop.loss.method, dpop.loss.beta, dpop.loss.dpop_lambda) == ("dpop", 0.3, 50.0)
+    simpo = config_from_dict(yaml.safe_load(example_text("simpo")))
+    assert (simpo.loss.method, simpo.loss.beta, simpo.loss.simpo_gamma) == ("simpo", 2.5, 1.25)  # γ/β = 0.5
+    orpo = config_from_dict(yaml.safe_load(example_text("orpo")))
+    assert (orpo.loss.method, orpo.loss.beta) == ("orpo", 0.1)  # λ = 0.1
+    mpo = config_from_dict(yaml.safe_load(example_text("mpo")))
+    assert (mpo.loss.method, mpo.loss.weights) == (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0])
 
 
 def test_config_example_command(capsys):

@@ -134,3 +134,13 @@ def test_lora_live_reference_leaves_the_policys_step_alone(checkpointing):
     for name in alone:
         torch.testing.assert_close(beside[name], alone[name], rtol=0, atol=0, msg=name)
     assert any(g.abs().sum() > 0 for g in alone.values())
+
+
+def test_cache_key_covers_ld_alpha():
+    from dpolab.training.reference_cache import cache_key
+
+    pairs = [{"prompt_ids": [5, 6], "chosen_ids": [7, 1], "rejected_ids": [8, 9, 1]}]
+    key = dict(model={"path": "m", "hash": "x"}, pairs=pairs, layers=[2, 4], final_norm=True, dtype="float32")
+    plain = cache_key(**key)
+    assert cache_key(**key, ld_alpha=None) == plain  # the caches written before LD-DPO stay valid
+    assert len({plain, cache_key(**key, ld_alpha=0.5), cache_key(**key, ld_alpha=0.25)}) == 3

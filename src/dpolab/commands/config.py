@@ -1,4 +1,4 @@
-"""`dpolab config example [dpo|dpop|idpo|ipo|sft]`: print a commented example config."""
+"""`dpolab config example [dpo|dpop|idpo|ipo|mpo|orpo|simpo|sft]`: print a commented example config."""
 
 from __future__ import annotations
 

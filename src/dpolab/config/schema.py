@@ -96,7 +96,7 @@ class ReferenceSection:
 class EarlyStoppingSection:
     patience: int | None = None  # evaluations without a new peak before stopping
     # an eval metric the run logs (loss, rewards/margins, layers/8/rewards/accuracies, ...); the
-    # losses and dpop/penalty are better lower, the others higher. `dpolab sft` logs no rewards: it
+    # losses, dpop/penalty and nll_loss are better lower, the others higher. `dpolab sft` logs no rewards: it
     # watches eval loss (lower is better) unless this names logps/per_token
     metric: str = "rewards/accuracies"
     threshold: float = 0.0
