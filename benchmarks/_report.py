@@ -8,6 +8,9 @@ from pathlib import Path
 
 import _workload as workload
 
+# the reference-free methods measured against dpolab's plain DPO (train_vs_trl.REFERENCE_FREE)
+REFERENCE_FREE = ("simpo", "orpo")
+
 # ----------------------------------------------------------------------------------------------
 # Figures of one run
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +159,11 @@ def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
                 ours["mfu"] / ours["pairs_per_s"]
             )
             row["idpo_memory_ratio"] = idpo["peak_rss_mib"] / ours["peak_rss_mib"]
+        for method in REFERENCE_FREE:  # no reference: pairs/s and memory over plain DPO's (live reference)
+            free = per_impl.get(f"dpolab/{method}")
+            if ours and free:
+                row[f"{method}_speed_ratio"] = free["pairs_per_s"] / ours["pairs_per_s"]
+                row[f"{method}_memory_ratio"] = free["peak_rss_mib"] / ours["peak_rss_mib"]
         rows[case_name] = row
     return rows
 
@@ -259,6 +267,28 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def reference_free_table(rows: dict) -> str:
+    """SimPO's and ORPO's pairs/s and peak memory over dpolab's plain DPO with a live reference."""
+    measured = [(n, r) for n, r in rows.items() if any(f"{m}_speed_ratio" in r for m in REFERENCE_FREE)]
+    if not measured:
+        return ""
+    lines = [
+        "| case | DPO pairs/s (live reference) | method | pairs/s | speed × DPO | peak memory MiB | memory × DPO |",
+        "|---" * 7 + "|",
+    ]
+    for name, row in measured:
+        ours = row["impl"]["dpolab/dpo"]
+        for method in REFERENCE_FREE:
+            if f"{method}_speed_ratio" in row:
+                free = row["impl"][f"dpolab/{method}"]
+                lines.append(
+                    f"| {name} | {ours['pairs_per_s']:.3f} | {method} | {free['pairs_per_s']:.3f} "
+                    f"| **{row[f'{method}_speed_ratio']:.2f}** | {free['peak_rss_mib']:.0f} "
+                    f"| **{row[f'{method}_memory_ratio']:.2f}** |"
+                )
+    return "\n".join(lines)
+
+
 def profile_table(results: dict) -> str:
     """CPU seconds of one profiled step by category, their shares, and the GFLOP/s of the matrix
     products in each (as the profiler counts their FLOPs), for each run."""
@@ -322,6 +352,7 @@ def report(info: dict, results: dict) -> str:
             f"{min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs",
             "",
             table(rows),
+            *(["", free] if (free := reference_free_table(rows)) else []),
             "",
             "Targets:",
             "",

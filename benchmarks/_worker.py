@@ -197,20 +197,23 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
     model = {"name_or_path": spec["model"], "dtype": spec["dtype"], "attn_implementation": "sdpa"}
     if spec["tuning"] == "lora":
         model["lora"] = _lora_settings()
-    loss = {"method": "dpo", "beta": spec["beta"]}
+    method = spec.get("method", "dpo")
+    reference_free = method in ("simpo", "orpo")  # no reference section: it would be refused
+    loss = {"method": method if reference_free else "dpo", "beta": spec["beta"]}
     if spec["layers"]:
         loss["intermediate"] = {"layers": spec["layers"]}
     values = {
         "model": model,
         "data": {"train": spec["data"], "max_length": None, "max_prompt_length": None},
         "loss": loss,
-        "reference": {
+        "training": {**_training_args(spec, device_type), "output_dir": str(out / "run")},
+    }
+    if not reference_free:
+        values["reference"] = {
             "precompute": spec["reference"] == "precomputed",
             "cache_dir": str(out / "cache"),
             "batch_size": spec["batch"],
-        },
-        "training": {**_training_args(spec, device_type), "output_dir": str(out / "run")},
-    }
+        }
     values["training"].update(spec.get("dpolab_training", {}))
     run(config_from_dict(values), callbacks=(callback,))
 

@@ -2,6 +2,8 @@
 
     python benchmarks/train_vs_trl.py            # every case, 3 repeats (about an hour on 2 CPU cores)
     python benchmarks/train_vs_trl.py --quick    # a few cases, 1 repeat (a few minutes)
+    python benchmarks/train_vs_trl.py --quick --impls dpolab/dpo dpolab/simpo dpolab/orpo
+                                                 # the reference-free methods against plain DPO
 
 Each run is its own process (`_worker.py`), and the runs of a case alternate A B A B between the
 implementations, so that a change in the machine's load hits both; the table gives medians over
@@ -39,22 +41,26 @@ class Case:
         return f"{self.regime}/{self.tuning}/{self.reference}"
 
 
-# (implementation, method): dpolab's intermediate DPO has no TRL counterpart
+# (implementation, method): dpolab's intermediate DPO has no TRL counterpart; the reference-free
+# SimPO and ORPO are measured against dpolab's plain DPO with a live reference (one forward a step
+# instead of two, no reference model), in the live cases only
 DPOLAB, TRL, DPOLAB_IDPO = ("dpolab", "dpo"), ("trl", "dpo"), ("dpolab", "idpo")
+DPOLAB_SIMPO, DPOLAB_ORPO = ("dpolab", "simpo"), ("dpolab", "orpo")
+REFERENCE_FREE = (DPOLAB_SIMPO, DPOLAB_ORPO)
 
 
 def all_cases(regimes) -> list[tuple[Case, list[tuple[str, str]]]]:
     cases = []
     for regime in regimes:
         for tuning in ("full", "lora"):
-            cases.append((Case(regime, tuning, "live"), [DPOLAB, TRL, DPOLAB_IDPO]))
+            cases.append((Case(regime, tuning, "live"), [DPOLAB, TRL, DPOLAB_IDPO, *REFERENCE_FREE]))
             cases.append((Case(regime, tuning, "precomputed"), [DPOLAB, TRL]))
     return cases
 
 
 def quick_cases() -> list[tuple[Case, list[tuple[str, str]]]]:
     return [
-        (Case("dialogue", "full", "live"), [DPOLAB, TRL, DPOLAB_IDPO]),
+        (Case("dialogue", "full", "live"), [DPOLAB, TRL, DPOLAB_IDPO, *REFERENCE_FREE]),
         (Case("answer", "full", "live"), [DPOLAB, TRL]),
         (Case("dialogue", "full", "precomputed"), [DPOLAB, TRL]),
         (Case("dialogue", "lora", "live"), [DPOLAB, TRL]),
@@ -127,7 +133,10 @@ def parse_args(argv=None):
     p.add_argument("--regimes", nargs="+", default=list(workload.REGIMES), choices=list(workload.REGIMES))
     p.add_argument("--only", nargs="*", default=None, help="case names to run, e.g. dialogue/full/live")
     p.add_argument(
-        "--impls", nargs="*", default=None, help="runs to make, among dpolab/dpo trl/dpo dpolab/idpo"
+        "--impls",
+        nargs="*",
+        default=None,
+        help="runs to make, among dpolab/dpo trl/dpo dpolab/idpo dpolab/simpo dpolab/orpo",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     p.add_argument(
@@ -220,6 +229,7 @@ def run_cases(args, cases, *, steps: int, repeats: int, profile: bool) -> tuple[
                 )
                 spec = {
                     "impl": impl,
+                    "method": method,
                     "case": case.name,
                     "tuning": case.tuning,
                     "reference": case.reference,
