@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainingArguments
 
+from dpolab.config.schema import IntermediateSettings, LossSection
 from dpolab.modeling.collate import PairCollator
 from dpolab.objectives.preference import LossTerm, PreferenceObjective
 from dpolab.objectives.registry import get_loss_spec
@@ -59,14 +60,22 @@ PAIRS = [
 ]
 
 
-@pytest.mark.parametrize("reference", ["live", "precomputed"])
+@pytest.mark.parametrize("reference", ["live", "precomputed", "methods"])
 def test_loss_step_has_no_host_synchronisation(tmp_path, reference):
     policy = tiny_model("llama", vocab_size=64).train()
     objective = PreferenceObjective(
         (LossTerm(get_loss_spec("dpo"), params={"beta": 0.1}),), final_layer=4, intermediate_layers=(2,)
     )
-    collator = PairCollator(pad_token_id=2)
-    if reference == "live":
+    if reference == "methods":  # a list with ORPO (the prompts scored), LD-DPO's sums and WPO's weights
+        section = LossSection(
+            method=["orpo", "dpo"],
+            ld_alpha=0.5,
+            use_weighting=True,
+            intermediate=IntermediateSettings(layers=[2]),
+        )
+        objective = PreferenceObjective.from_config(section, final_layer=4)
+    collator = PairCollator(pad_token_id=2, score_prompt=objective.scores_prompt)
+    if reference in ("live", "methods"):
         ref, pairs = ModelReference(tiny_model("llama", vocab_size=64, seed=1), objective.layers), PAIRS
     else:
         ref, pairs = (
