@@ -34,7 +34,8 @@ COMMAND_MODULES: list[str] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpolab",
-        description="Preference optimisation (DPO, IPO, DPO-Positive, intermediate-layer DPO) "
+        description="Preference optimisation (DPO and TRL's variants, DPO-Positive, SimPO, CPO, ORPO, "
+        "intermediate-layer DPO with any of them) "
         "for Hugging Face causal language models.",
     )
     parser.add_argument("--version", action="version", version=f"dpolab {__version__}")

@@ -7,7 +7,11 @@ import argparse
 
 def register(subparsers) -> None:
     for name, example, help_text in (
-        ("train", "loss.beta=0.3", "preference training (DPO, IPO, DPOP, intermediate-layer DPO)"),
+        (
+            "train",
+            "loss.beta=0.3",
+            "preference training (DPO and TRL's variants, DPOP, SimPO, CPO, ORPO; intermediate layers with any)",
+        ),
         (
             "sft",
             "data.max_length=512",
