@@ -180,3 +180,12 @@ def test_gradients_flow_through_the_per_token_log_probs():
     out = objective(policy, _logprobs((2, 4), seed=12).logps)
     grad_tokens, grad_prompt = torch.autograd.grad(out.loss, (policy.token_logps, policy.prompt_logps))
     assert (grad_tokens != 0).all() and (grad_prompt[:, 0] != 0).all()  # the NLL reaches the prompts
+
+
+def test_which_metrics_improve_downwards():
+    from dpolab.objectives.metrics import lower_is_better
+
+    for name in ("loss", "loss/final", "layers/8/loss", "dpop/penalty", "nll_loss", "layers/8/nll_loss"):
+        assert lower_is_better(name), name
+    for name in ("rewards/accuracies", "log_odds_ratio", "log_odds_chosen", "layers/8/rewards/margins"):
+        assert not lower_is_better(name), name
