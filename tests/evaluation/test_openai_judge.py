@@ -367,3 +367,14 @@ def test_backoff_bounds_and_retry_after():
     assert (j._wait(0, "120"), j._wait(0, "-5"), j._wait(0, "0")) == (60.0, 0.0, 0.0)
     # a Retry-After that is not a number of seconds (an HTTP date): the back-off instead
     assert 4.0 <= j._wait(2, "Wed, 21 Oct 2026 07:28:00 GMT") <= 6.0  # d = 1·2^2 = 4
+
+
+def test_a_redirect_or_a_url_without_scheme_stops_at_once(chat_server):
+    chat_server.reply = lambda n, body: (307, {"Location": "http://elsewhere/v1"}, b"", 0.0)
+    with pytest.raises(
+        JudgeError, match=r"answered HTTP 307: .*points to http://elsewhere/v1; is --base-url"
+    ):
+        judge(chat_server).judge(JudgeRequest("q", "x", "y"))
+    assert len(chat_server.requests) == 1  # not retried, not followed
+    with pytest.raises(JudgeError, match=r"'127.0.0.1:8000/v1' must start with http:// or https://"):
+        build_judge("openai:m", base_url="127.0.0.1:8000/v1")

@@ -77,6 +77,10 @@ class OpenAIJudge(Judge):
         self.template = template
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.url = self.base_url + "/chat/completions"
+        if not self.base_url.startswith(("http://", "https://")):
+            raise JudgeError(
+                f"{self.spec}: the base URL {self.base_url!r} must start with http:// or https://"
+            )
         self.api_key_env = api_key_env
         self._key = os.environ.get(api_key_env) or None
         if self._key is None and self.base_url == DEFAULT_BASE_URL:
@@ -140,7 +144,7 @@ class OpenAIJudge(Judge):
         return self._content(self._post(content))
 
     def _post(self, content: str) -> bytes:
-        """The body of the server's 200 reply to one user message, after retries."""
+        """The body of the server's 2xx reply to one user message, after retries."""
         payload: dict = {
             "model": self.model,
             "messages": [{"role": "user", "content": content}],
@@ -156,11 +160,11 @@ class OpenAIJudge(Judge):
                 response = self._client.post(self.url, content=data)
             except httpx2.TimeoutException:
                 last = f"no reply within {self.timeout:g} s"
-            except httpx2.TransportError as err:  # refused, reset, DNS, TLS, a broken reply
+            except httpx2.RequestError as err:  # refused, reset, DNS, TLS, a broken reply
                 last = f"{type(err).__name__}: {self._scrub(str(err))}" if str(err) else type(err).__name__
             else:
                 status = response.status_code
-                if status == 200:
+                if 200 <= status < 300:
                     return response.content
                 message = self._server_message(response.content)
                 if status in (401, 403):
