@@ -58,8 +58,13 @@ def register(subparsers) -> None:
     )
     w.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight")
     w.add_argument("--timeout", type=float, default=60.0, help="openai: seconds to wait for a reply")
-    w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/timeouts")
-    w.add_argument("--backoff", type=float, default=1.0, help="openai: first back-off in seconds (doubles)")
+    w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 408/409/429/5xx/timeouts")
+    w.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        help="openai: first back-off in seconds (doubles, jittered up to 1.5x)",
+    )
     w.add_argument("--max-tokens", type=int, help="openai: max tokens of a reply")
     _add_model_options(w)
     w.set_defaults(func=run_winrate)
