@@ -1,7 +1,7 @@
 """The openai: judge against a real chat-completions server on 127.0.0.1 (see conftest.py):
-verdicts, concurrency, retries on 429/500 and their back-off, a bad key (never shown), malformed and
-text-less replies, a refused pair, timeouts, a custom judge prompt, through the library and through
-`dpolab eval winrate`."""
+verdicts, concurrency, retries on 429/500 and their jittered back-off, a bad key (never shown),
+malformed and text-less replies, a refused pair, timeouts, a custom judge prompt, through the
+library and through `dpolab eval winrate`."""
 
 from __future__ import annotations
 
@@ -330,3 +330,51 @@ def test_key_required_for_the_openai_endpoint(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(JudgeError, match="no API key; put it in the environment variable OPENAI_API_KEY"):
         build_judge("openai:gpt-4")
+
+
+def test_backoff_waits_are_jittered_within_their_bounds(chat_server, monkeypatch):
+    """The wait before each retry is drawn from [d, 1.5·d], d = min(backoff·2^k, 40 s): two judges
+    failing the same way wait different times (they do not retry in step), each within bounds."""
+    from dpolab.evaluation.judges import openai
+
+    chat_server.reply = lambda n, body: (503, {}, {"error": "busy"}, 0.0)  # no Retry-After
+    waits: list[float] = []
+    monkeypatch.setattr(openai.time, "sleep", waits.append)  # record the waits instead of sleeping
+    runs = []
+    for _ in range(2):
+        waits.clear()
+        with pytest.raises(JudgeError, match=r"gave up after 4 attempts \(HTTP 503: busy\)"):
+            judge(chat_server, backoff=0.15, max_retries=3).judge(JudgeRequest("q", "x", "y"))
+        runs.append(list(waits))
+    # backoff 0.15: d = 0.15·2^0 = 0.15, 0.15·2^1 = 0.3, 0.15·2^2 = 0.6; waits in [d, 1.5·d]
+    bounds = [(0.15, 0.225), (0.3, 0.45), (0.6, 0.9)]
+    for run in runs:
+        assert len(run) == 3
+        assert all(lo <= w <= hi for w, (lo, hi) in zip(run, bounds))
+    assert all(first != second for first, second in zip(*runs))  # the same attempt, another wait
+
+
+def test_backoff_bounds_and_retry_after():
+    j = build_judge("openai:m", base_url="http://127.0.0.1:9/v1", backoff=1.0)
+    assert j.backoff_bounds(0) == (1.0, 1.5)
+    assert j.backoff_bounds(3) == (8.0, 12.0)  # 1·2^3 = 8
+    # 1·2^6 = 64 > 40: d is capped at 40 s so that the longest draw, 1.5·40, is the 60 s cap
+    assert j.backoff_bounds(6) == j.backoff_bounds(1000) == (40.0, 60.0)
+    late = [j._wait(1000, None) for _ in range(50)]
+    assert all(40.0 <= w <= 60.0 for w in late) and len(set(late)) > 1
+    # the server's Retry-After is followed as given (no jitter), at most 60 s, never negative
+    assert [j._wait(2, "3") for _ in range(3)] == [3.0, 3.0, 3.0]
+    assert (j._wait(0, "120"), j._wait(0, "-5"), j._wait(0, "0")) == (60.0, 0.0, 0.0)
+    # a Retry-After that is not a number of seconds (an HTTP date): the back-off instead
+    assert 4.0 <= j._wait(2, "Wed, 21 Oct 2026 07:28:00 GMT") <= 6.0  # d = 1·2^2 = 4
+
+
+def test_a_redirect_or_a_url_without_scheme_stops_at_once(chat_server):
+    chat_server.reply = lambda n, body: (307, {"Location": "http://elsewhere/v1"}, b"", 0.0)
+    with pytest.raises(
+        JudgeError, match=r"answered HTTP 307: .*points to http://elsewhere/v1; is --base-url"
+    ):
+        judge(chat_server).judge(JudgeRequest("q", "x", "y"))
+    assert len(chat_server.requests) == 1  # not retried, not followed
+    with pytest.raises(JudgeError, match=r"'127.0.0.1:8000/v1' must start with http:// or https://"):
+        build_judge("openai:m", base_url="127.0.0.1:8000/v1")

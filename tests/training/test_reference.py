@@ -1,71 +1,19 @@
-"""The reference kinds themselves: the precomputed cache's key follows every change of the weights
-it was computed from, and the LoRA live reference (adapters disabled) is computed without dropout,
-as the frozen copy and the precomputation are, without touching the policy's own step."""
+"""The reference kinds themselves: the LoRA live reference (adapters disabled) is computed without
+dropout, as the frozen copy and the precomputation are, without touching the policy's own step.
+(The precomputed cache's key, `model_fingerprint`, is tested in tests/modeling/test_fingerprint.py.)"""
 
 from __future__ import annotations
-
-import json
-import os
-import time
 
 import pytest
 import torch
 
 from dpolab.modeling.collate import PairCollator, batch_targets
-from dpolab.modeling.fingerprint import model_fingerprint
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.testing import tiny_model
 from dpolab.training.reference import AdapterDisabledReference
 
-MIB = 1 << 20
 # peft says so of every GPT-2 Conv1D it wraps
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False")
-
-
-def _resave(path, data: bytes) -> None:
-    """Write `data` to `path` as a new save would, and make sure the clock has moved on (a file
-    system keeps times to a few milliseconds at worst)."""
-    before = path.stat().st_mtime_ns
-    while True:
-        time.sleep(0.01)
-        path.write_bytes(data)
-        if path.stat().st_mtime_ns != before:
-            return
-
-
-def test_a_weight_file_saved_again_with_a_change_in_its_middle_gets_a_new_key(tmp_path):
-    """The key hashes only the first and last MiB of each weight file (hashing multi-GB files
-    whole on every run is too slow); a change between them is caught by the file's new time."""
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    weights = bytearray(os.urandom(3 * MIB))
-    (tmp_path / "model.safetensors").write_bytes(bytes(weights))
-    first = model_fingerprint(str(tmp_path))
-    assert model_fingerprint(str(tmp_path)) == first  # nothing changed: the cache serves
-
-    weights[len(weights) // 2] ^= 0xFF  # same size, same first and last MiB
-    _resave(tmp_path / "model.safetensors", bytes(weights))
-    assert model_fingerprint(str(tmp_path)) != first
-
-
-def test_an_adapter_folder_key_covers_its_base_model(tmp_path):
-    base, adapter = tmp_path / "base", tmp_path / "adapter"
-    base.mkdir()
-    adapter.mkdir()
-    (base / "config.json").write_text('{"model_type": "llama"}')
-    (base / "model.safetensors").write_bytes(b"base weights")
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 4}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"adapter weights")
-    first = model_fingerprint(str(adapter))
-    assert model_fingerprint(str(adapter)) == first
-
-    _resave(base / "model.safetensors", b"BASE weights")  # the adapter folder is untouched
-    second = model_fingerprint(str(adapter))
-    assert second != first
-
-    _resave(
-        adapter / "adapter_config.json", json.dumps({"base_model_name_or_path": str(base), "r": 8}).encode()
-    )
-    assert model_fingerprint(str(adapter)) != second
 
 
 PAIRS = [

@@ -48,8 +48,13 @@ def register(subparsers) -> None:
     )
     w.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight")
     w.add_argument("--timeout", type=float, default=60.0, help="openai: seconds to wait for a reply")
-    w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/timeouts")
-    w.add_argument("--backoff", type=float, default=1.0, help="openai: first back-off in seconds (doubles)")
+    w.add_argument("--max-retries", type=int, default=5, help="openai: retries on 408/409/429/5xx/timeouts")
+    w.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        help="openai: first back-off in seconds (doubles, jittered up to 1.5x)",
+    )
     w.add_argument("--max-tokens", type=int, help="openai: max tokens of a reply")
     add_model_options(w)
     w.set_defaults(func=run_winrate)
@@ -96,30 +101,24 @@ def register(subparsers) -> None:
 
 def run_winrate(args: argparse.Namespace) -> int:
     from dpolab.evaluation.answer_files import load_answers
-    from dpolab.evaluation.judges import build_judge
+    from dpolab.evaluation.judges import JUDGES, build_judge
     from dpolab.evaluation.results import write_result
     from dpolab.evaluation.winrate import print_progress, winrate, winrate_table
 
     a = load_answers(args.a, limit=args.limit)
     b = load_answers(args.b, limit=args.limit)
-    openai_options = {}
-    if args.judge.startswith("openai:"):
-        openai_options = dict(
-            base_url=args.base_url,
-            api_key_env=args.api_key_env,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            backoff=args.backoff,
-            max_tokens=args.max_tokens,
-        )
+    # the options only this kind of judge takes (for openai:, --base-url, --concurrency, ...)
+    kind = JUDGES.get(args.judge.partition(":")[0])
+    kind_options = {
+        name: getattr(args, name) for name in sorted(kind.options if kind else ()) if name in args
+    }
     judge = build_judge(
         args.judge,
         judge_prompt=args.judge_prompt,
         threshold=args.threshold,
         device=args.device,
         dtype=args.dtype,
-        **openai_options,
+        **kind_options,
     )
     output = Path(args.output)
     cache = args.cache or output.with_name(output.stem + ".judgements.jsonl")

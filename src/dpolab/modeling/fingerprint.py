@@ -69,7 +69,12 @@ def _files_digest(folder: Path) -> str:
 
 def hub_revision(repo_id: str) -> tuple[str | None, Path | None]:
     """(commit, snapshot folder) the local hub cache resolves `repo_id` to (its `refs/main`, as
-    `from_pretrained` reads it), or (None, None) when the cache does not hold it."""
+    `from_pretrained` reads it), or (None, None) when the cache does not hold it.
+
+    The cache is `huggingface_hub.constants.HF_HUB_CACHE`, read at call time here as in
+    transformers' `cached_file`: the folder the loader (`dpolab.modeling.loading`, which passes no
+    `cache_dir`) reads. HF_HUB_CACHE / HF_HOME set that constant once, when huggingface_hub is
+    first imported; changing them later moves neither the loader nor this."""
     from huggingface_hub import try_to_load_from_cache
 
     try:

@@ -1,15 +1,20 @@
-"""A judge behind an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, ...).
+"""`openai:MODEL` — a judge behind an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM,
+llama.cpp, ...).
 
-Only the standard library speaks HTTP here. The API key comes from an environment variable
-(`OPENAI_API_KEY`, or the one `api_key_env` names) and appears in no message, log or file.
+httpx2 speaks HTTP (one pooled client per judge, shared by its threads); the retries are ours (below),
+not the client's. The API key comes from an environment variable (`OPENAI_API_KEY`, or the one
+`api_key_env` names) and appears in no message, log or file.
 
 Faults:
-- 429 and 5xx replies, connection failures and timeouts are retried `max_retries` times with
-  exponential back-off (`backoff`·2^attempt seconds, or the server's Retry-After when it sends one,
-  at most 60 s); then the judge stops with a `JudgeError`.
-- 401/403 (bad key) and other 4xx replies stop the judge at once with the server's message (a 4xx
-  may be a setup error, so it is not skipped); a 400, 413 or 422 is marked as being about that one
-  request (`JudgeError.about_request`), so that the caller can name the pair it stopped at.
+- 408, 409, 429 and 5xx replies, connection failures and timeouts are retried `max_retries` times;
+  then the judge stops with a `JudgeError` naming the attempts and the last fault. Before retry
+  number k+1 (k = 0, 1, ...) it waits the server's Retry-After when it sends one in seconds (at most
+  60 s), else a jittered exponential back-off: a time drawn uniformly from [d, 1.5·d] with
+  d = min(backoff·2^k, 40 s), so never more than 60 s, and judges that failed together do not
+  retry together (`backoff_bounds`).
+- 401/403 (bad key) and other 3xx/4xx replies stop the judge at once with the server's message (a
+  4xx may be a setup error, so it is not skipped); a 400, 413 or 422 is marked as being about that
+  one request (`JudgeError.about_request`), so that the caller can name the pair it stopped at.
 - A 200 reply that is not a chat completion (not JSON, no `choices[0]`) stops the judge at once:
   it usually means that --base-url points at something else.
 - A well-formed reply without a readable verdict is a judgement, `unparsed`, not an error; so is a
@@ -21,21 +26,23 @@ cached); requests not yet sent are not sent.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-from dpolab.evaluation.judges import (
+import httpx2
+
+from dpolab.evaluation.judges.base import (
     Judge,
     JudgeError,
     Judgement,
+    JudgeOptions,
     JudgeRequest,
+    load_judge_prompt,
     parse_verdict,
     render_judge_prompt,
     template_hash,
@@ -45,7 +52,9 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # refusals of one request's content (too long, malformed) rather than of the judge's setup
 REQUEST_STATUS = frozenset({400, 413, 422})
-MAX_WAIT = 60.0
+MAX_WAIT = 60.0  # seconds: the longest wait before a retry, Retry-After or back-off
+JITTER = 0.5  # a back-off wait is drawn from [d, (1 + JITTER)·d]
+MAX_BACKOFF = MAX_WAIT / (1 + JITTER)  # the cap of d, so that a drawn wait stays within MAX_WAIT
 
 
 class OpenAIJudge(Judge):
@@ -68,6 +77,10 @@ class OpenAIJudge(Judge):
         self.template = template
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.url = self.base_url + "/chat/completions"
+        if not self.base_url.startswith(("http://", "https://")):
+            raise JudgeError(
+                f"{self.spec}: the base URL {self.base_url!r} must start with http:// or https://"
+            )
         self.api_key_env = api_key_env
         self._key = os.environ.get(api_key_env) or None
         if self._key is None and self.base_url == DEFAULT_BASE_URL:
@@ -75,6 +88,17 @@ class OpenAIJudge(Judge):
         self.concurrency = max(1, int(concurrency))
         self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
         self.temperature, self.max_tokens = temperature, max_tokens
+        self._random = random.Random()  # the back-off's jitter
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        # one connection per thread of `judge_many`, so that no request waits for the pool
+        limits = httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._client = httpx2.Client(headers=headers, timeout=httpx2.Timeout(self.timeout), limits=limits)
+
+    def close(self) -> None:
+        """Close the pooled connections (the judge sends nothing after this)."""
+        self._client.close()
 
     @property
     def cache_id(self) -> str:
@@ -99,20 +123,28 @@ class OpenAIJudge(Judge):
             pass
         return self._scrub(" ".join(text.split())[:300])
 
+    def backoff_bounds(self, attempt: int) -> tuple[float, float]:
+        """The shortest and longest back-off wait after failed attempt number `attempt` (from 0):
+        [d, (1 + JITTER)·d] with d = min(backoff·2^attempt, MAX_BACKOFF), within MAX_WAIT."""
+        d = min(MAX_BACKOFF, self.backoff * 2.0 ** min(attempt, 64))
+        return d, (1 + JITTER) * d
+
     def _wait(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before the next attempt: the server's Retry-After (seconds, at most
+        MAX_WAIT) when it gives one, else a draw from `backoff_bounds(attempt)`."""
         if retry_after is not None:
             try:
                 return min(MAX_WAIT, max(0.0, float(retry_after)))
             except ValueError:
-                pass
-        return min(MAX_WAIT, self.backoff * 2**attempt)
+                pass  # an HTTP date, or garbage: back off as if none were given
+        return self._random.uniform(*self.backoff_bounds(attempt))
 
     def complete(self, content: str) -> str | None:
         """The reply text to one user message (None: a chat completion without text)."""
         return self._content(self._post(content))
 
     def _post(self, content: str) -> bytes:
-        """The body of the server's 200 reply to one user message, after retries."""
+        """The body of the server's 2xx reply to one user message, after retries."""
         payload: dict = {
             "model": self.model,
             "messages": [{"role": "user", "content": content}],
@@ -121,39 +153,34 @@ class OpenAIJudge(Judge):
         if self.max_tokens is not None:
             payload["max_tokens"] = self.max_tokens
         data = json.dumps(payload).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
         last = ""
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return response.read()
-            except urllib.error.HTTPError as err:
-                message = self._server_message(err.read())
-                if err.code in (401, 403):
+                response = self._client.post(self.url, content=data)
+            except httpx2.TimeoutException:
+                last = f"no reply within {self.timeout:g} s"
+            except httpx2.RequestError as err:  # refused, reset, DNS, TLS, a broken reply
+                last = f"{type(err).__name__}: {self._scrub(str(err))}" if str(err) else type(err).__name__
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return response.content
+                message = self._server_message(response.content)
+                if status in (401, 403):
                     raise JudgeError(
-                        f"{self.url} refused the request (HTTP {err.code}: {message}); check the API key in "
+                        f"{self.url} refused the request (HTTP {status}: {message}); check the API key in "
                         f"{self.api_key_env}"
-                    ) from None
-                if err.code not in RETRY_STATUS:
+                    )
+                if status not in RETRY_STATUS:
+                    moved = response.headers.get("Location")
+                    where = f" (it points to {self._scrub(moved)}; is --base-url right?)" if moved else ""
                     raise JudgeError(
-                        f"{self.url} answered HTTP {err.code}: {message}",
-                        about_request=err.code in REQUEST_STATUS,
-                    ) from None
-                last = f"HTTP {err.code}: {message}"
-                retry_after = err.headers.get("Retry-After") if err.headers else None
-            except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
-                reason = getattr(err, "reason", err)
-                last = (
-                    f"{type(reason).__name__}: {self._scrub(str(reason))}"
-                    if str(reason)
-                    else type(reason).__name__
-                )
-                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-                    last = f"no reply within {self.timeout:g} s"
+                        f"{self.url} answered HTTP {status}: {message}{where}",
+                        about_request=status in REQUEST_STATUS,
+                    )
+                last = f"HTTP {status}: {message}"
+                retry_after = response.headers.get("Retry-After")
             if attempt < self.max_retries:
                 time.sleep(self._wait(attempt, retry_after))
         raise JudgeError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last})")
@@ -231,3 +258,8 @@ class OpenAIJudge(Judge):
                     future.cancel()
         if error is not None:
             raise error
+
+
+def build(spec: str, target: str, options: JudgeOptions) -> OpenAIJudge:
+    """`openai:MODEL`; `options.extra` holds the endpoint's settings (base_url, api_key_env, ...)."""
+    return OpenAIJudge(target, template=load_judge_prompt(options.judge_prompt), **options.extra)
