@@ -166,7 +166,7 @@ def parse_args(argv=None):
         const=HERE / "RESULTS.md",
         default=None,
         help="write the table and the profile into RESULTS.md's marked blocks, and the ratios into "
-        "README.md's",
+        "docs/benchmarks.md's",
     )
     p.add_argument(
         "--report", type=Path, default=None, help="print the table of a --json file again, and exit"
@@ -282,7 +282,9 @@ def main(argv=None) -> int:
         text = report(saved["info"], saved["runs"])
         if args.update_results:
             update_results(args.update_results, "results", text)
-            update_results(REPO / "README.md", "performance", ratios(saved["info"], saved["runs"]))
+            update_results(
+                REPO / "docs" / "benchmarks.md", "performance", ratios(saved["info"], saved["runs"])
+            )
         return 0
     cases = quick_cases() if args.quick else all_cases(args.regimes)
     if args.only:
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
     text = report(info, results)
     if args.update_results:
         update_results(args.update_results, "results", text)
-        update_results(REPO / "README.md", "performance", ratios(info, results))
+        update_results(REPO / "docs" / "benchmarks.md", "performance", ratios(info, results))
         profile_pass(args, cases)  # and where the time goes, for RESULTS.md
     return 0
 

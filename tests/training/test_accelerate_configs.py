@@ -1,4 +1,4 @@
-"""The accelerate configs under examples/accelerate/ are what the README says they are: accelerate
+"""The accelerate configs under examples/accelerate/ are what docs/distributed.md says they are: accelerate
 reads each (it rejects unknown keys), with the backend, ZeRO stage and FSDP settings documented."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_config_reads_as_documented(name, backend):
 
 
 def test_fsdp_is_fsdp2_without_cpu_ram_efficient_loading():
-    # README: keep fsdp_cpu_ram_efficient_loading false (other processes would hold empty weights
+    # docs/distributed.md: keep fsdp_cpu_ram_efficient_loading false (other processes would hold empty weights
     # for the frozen reference and the reference precomputation)
     fsdp = _load("fsdp.yaml").fsdp_config
     assert fsdp["fsdp_version"] == 2

@@ -14,9 +14,9 @@ from typing import Any
 
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = 16  # the adapters' rank
+    alpha: int = 16  # the scaling α (the update is scaled by α / r)
+    dropout: float = 0.05  # dropout on the adapters' input
     # "all-linear" (peft: every linear layer but the output head) or a list of module names
     target_modules: list[str] | str = "all-linear"
 
@@ -27,7 +27,7 @@ class ModelSection:
     ref_name_or_path: str | None = None  # default: the policy's starting weights
     tokenizer_name_or_path: str | None = None  # default: name_or_path
     dtype: str = "float32"  # float32 | bfloat16
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model's own code from the hub (transformers' flag)
     attn_implementation: str = "sdpa"  # sdpa | eager (the packed pair rows need a 4-D mask)
     lora: LoraSettings | None = None
 
@@ -37,7 +37,7 @@ class DataSection:
     # a .json/.jsonl/.parquet file or hub dataset id, or a list of {path, split, weight, builder}
     train: str | list[dict[str, Any]] | None = None
     split: str | None = None  # split of a hub dataset for `train` (default "train")
-    eval: str | list[dict[str, Any]] | None = None
+    eval: str | list[dict[str, Any]] | None = None  # evaluation pairs, as `train` (a file, hub id or list)
     eval_split: str | None = None  # split of a hub dataset for `eval` (default "test")
     # hold out this fraction (<1) or number of the distinct training pairs for eval, by source row:
     # a row a weighted mixture repeats is wholly in train or in eval (once) (dpolab.data.prepare.hold_out)
@@ -58,7 +58,7 @@ class IntermediateSettings:
     shared head (the logit lens), mixed with the final layer's as γ·L_final + (1 − γ)·mean_k L_k."""
 
     layers: list[int] = field(default_factory=list)  # k = hidden_states[k], the output of the k-th block
-    gamma: float = 0.9
+    gamma: float = 0.9  # γ: the final layer's weight, (1 − γ) the intermediate layers' mean
     final_norm: bool = True  # intermediate layers pass through the model's final norm
 
 
@@ -99,7 +99,7 @@ class EarlyStoppingSection:
     # losses, dpop/penalty and nll_loss are better lower, the others higher. `dpolab sft` logs no rewards: it
     # watches eval loss (lower is better) unless this names logps/per_token
     metric: str = "rewards/accuracies"
-    threshold: float = 0.0
+    threshold: float = 0.0  # the least improvement that counts as a new peak
 
 
 @dataclass
