@@ -341,6 +341,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mode
             "logging_steps": 2,
             "save_strategy": "steps",
             "save_steps": 1,
+            "save_total_limit": None,  # keep every checkpoint (dpolab's default keeps the last 2)
             "disable_tqdm": True,
         },
     }
