@@ -46,6 +46,10 @@ class DataSection:
     builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
     source: str | None = None  # raw dataset for `builder`
     format: str = "auto"  # auto | standard | conversational | implicit
+    # the row's columns under other names, dpolab field -> column: {prompt: question, chosen: good,
+    # rejected: bad}; also messages (default: a `conversations` or `messages` column), system
+    # (default: a `system` column; null: none), query (appended to the prompt, LLaMA-Factory's `input`)
+    columns: dict[str, str | None] | None = None
     max_length: int | None = 1024  # prompt + completion tokens
     max_prompt_length: int | None = 512  # the prompt keeps its last tokens
     on_bad_rows: str = "error"  # error | skip
