@@ -114,7 +114,9 @@ def test_rows_skipped_at_loading_and_at_tokenisation_make_one_report_per_file(tm
     report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
     assert [r["source"] for r in report] == [str(train)]
     assert [r["row"] for r in report[0]["rows"]] == [2, 4] and report[0]["skipped"] == 2
-    said = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    said = [
+        line for line in capsys.readouterr().err.splitlines() if ": skipped" in line
+    ]  # not tmp_path's name
     assert said == [
         f"dpolab: {train}: skipped 2 bad rows ({'; '.join(f'1 × {k}' for k in report[0]['by_reason'])})"
     ]
