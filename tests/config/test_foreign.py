@@ -65,6 +65,30 @@ def test_the_trl_rules_cover_every_key_of_trls_config_classes():
     assert set(from_trl.RULES) - renames == trl_keys
 
 
+def test_a_trl_config_with_every_key_at_its_default_converts_to_a_config_that_loads():
+    """TRL's defaults that are also dpolab's are left out (a default is not a choice): nothing is
+    reported, and no key takes part in a conflict check (f_alpha without alpha_divergence)."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig, ModelConfig, ScriptArguments
+    from trl.scripts.utils import DatasetMixtureConfig
+
+    training = {f.name for f in dataclasses.fields(TrainingArguments)}
+    values = {"model_name_or_path": "m", "dataset_name": "d"}
+    for cls in (DPOConfig, ScriptArguments, ModelConfig, DatasetMixtureConfig):
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in training and f.name not in values:
+                has_default = f.default is not dataclasses.MISSING
+                values[f.name] = f.default if has_default else f.default_factory()
+    out = convert_trl(values)
+    assert out.unmapped == []
+    assert out.values == {
+        "model": {"name_or_path": "m"},
+        "data": {"train": "d", "max_length": 1024, "max_prompt_length": None},
+        "loss": {"method": "dpo", "beta": 0.1},
+    }
+    config_from_dict(out.values)
+
+
 @pytest.mark.parametrize(
     ("title", "config", "files"),
     [

@@ -151,6 +151,26 @@ def apply_rules(values: dict[str, Any], rules: dict[str, Rule], out: Conversion,
             out.set(rule.target, value, key)
 
 
+# Kept at dpolab's default value too: they say what the run is.
+SHOWN = {"loss.method", "loss.beta", "data.max_length"}
+
+
+def drop_dpolab_defaults(out: Conversion) -> None:
+    """Leave out the keys whose value is dpolab's default anyway (but those in SHOWN): a default
+    is not a choice, and written out it would take part in the checks of conflicting options."""
+    from dpolab.config.schema import RunConfig
+
+    defaults = RunConfig().to_dict()
+    for section, values in out.values.items():
+        if section == "training" or not isinstance(values, dict):
+            continue
+        for key in [k for k, v in values.items() if k in defaults[section] and v == defaults[section][k]]:
+            if f"{section}.{key}" not in SHOWN:
+                values.pop(key)
+    for section in [s for s, v in out.values.items() if v == {}]:
+        out.values.pop(section)
+
+
 def keep_used_loss_keys(out: Conversion) -> None:
     """Leave out the loss keys the chosen methods do not take (dpolab refuses them): silently at
     their default value (the other tool ignores them too), reported otherwise."""

@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpolab.config.foreign import TRAINING_RENAMES, Conversion, Rule, apply_rules, keep_used_loss_keys
+from dpolab.config.foreign import (
+    TRAINING_RENAMES,
+    Conversion,
+    Rule,
+    apply_rules,
+    drop_dpolab_defaults,
+    keep_used_loss_keys,
+)
 from dpolab.errors import DpolabError
 
 TOOL = "LLaMA-Factory"
@@ -109,7 +116,7 @@ RULES = {
 SPECIAL = {
     *("adapter_name_or_path", "flash_attn", "stage", "finetuning_type", "lora_rank", "lora_alpha"),
     *("lora_dropout", "lora_target", "pref_loss", "pref_ftx", "pure_bf16", "dataset", "eval_dataset"),
-    *("dataset_dir", "cutoff_len", "max_samples", "mix_strategy", "interleave_probs", "template"),
+    *("dataset_dir", "cutoff_len", "max_samples", "mix_strategy", "interleave_probs", "template", "val_size"),
 }
 PREF_LOSSES = {"sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
@@ -222,6 +229,8 @@ def _data(values: dict[str, Any], source: Path, out: Conversion) -> None:
         "cutoff_len: LLaMA-Factory shares it between prompt and response by their lengths; dpolab keeps a "
         f"prompt's last {cutoff // 2} tokens (data.max_prompt_length)"
     )
+    if values.get("val_size"):  # 0, LLaMA-Factory's default: no eval split
+        out.set("data.eval_size", values["val_size"], "val_size")
     if values.get("max_samples") is not None:
         if isinstance(out.get("data.train"), list):
             out.drop("max_samples", values["max_samples"], "per dataset there; data.limit caps the mixture")
@@ -316,4 +325,5 @@ def convert(values: dict[str, Any], source: Path) -> Conversion:
     if stage == "sft":
         out.values.pop("loss", None)
     keep_used_loss_keys(out)
+    drop_dpolab_defaults(out)
     return out

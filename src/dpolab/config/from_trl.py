@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpolab.config.foreign import TRAINING_RENAMES, Conversion, Rule, apply_rules, keep_used_loss_keys
+from dpolab.config.foreign import (
+    TRAINING_RENAMES,
+    Conversion,
+    Rule,
+    apply_rules,
+    drop_dpolab_defaults,
+    keep_used_loss_keys,
+)
 
 TOOL = "TRL"
 
@@ -88,6 +95,7 @@ RULES = {
     )
 }
 SPECIAL = {
+    "dataset_train_split",
     "dataset_name",
     "dataset_config",
     "dataset_test_split",
@@ -128,7 +136,7 @@ def _dataset(values: dict[str, Any], out: Conversion) -> None:
         if values.get("eval_strategy", "no") != "no":
             out.set("data.eval", out.get("data.train"), "dataset_name")
             out.set("data.eval_split", values.get("dataset_test_split", "test"), "dataset_test_split")
-        elif "dataset_test_split" in values:
+        elif values.get("dataset_test_split", "test") != "test":
             out.notes.append("dataset_test_split: TRL evaluates only with eval_strategy set; left out")
         if split != "train":
             out.set("data.split", split, "dataset_train_split")
@@ -195,8 +203,13 @@ def _model(values: dict[str, Any], out: Conversion) -> None:
                 "Llama); dpolab's default is all-linear"
             )
     else:
-        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
-            if key in values:
+        for key, default in (
+            ("lora_r", 16),
+            ("lora_alpha", 32),
+            ("lora_dropout", 0.05),
+            ("lora_target_modules", None),
+        ):
+            if key in values and values[key] != default:
                 out.drop(key, values[key], "use_peft is not set: TRL trains no adapters")
 
 
@@ -226,6 +239,7 @@ def convert(values: dict[str, Any]) -> Conversion:
         if list(weights) != [1]:
             out.drop("loss_weights", weights, "one loss type: its weight is 1")
     keep_used_loss_keys(out)
+    drop_dpolab_defaults(out)
     # TRL 1.16 has no max_prompt_length: it cuts prompt + completion at the end to max_length
     out.set("data.max_prompt_length", None)
     out.notes.append(
