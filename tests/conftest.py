@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +37,98 @@ def model_dir(tmp_path_factory, tokenizer):
     tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+# Measured in the page once it has loaded: every image's state and box, the page's widths, and
+# every element (outside a table's sideways-scrolling box) that reaches past the window's width.
+LAYOUT_PROBE = """<script>
+window.addEventListener('load', () => {
+  const width = document.documentElement.clientWidth;
+  const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top + scrollY, width: r.width, height: r.height, right: r.right}; };
+  const out = {
+    width: width,
+    scrollWidth: document.documentElement.scrollWidth,
+    height: document.documentElement.scrollHeight,
+    images: [...document.images].map(i => ({loaded: i.complete && i.naturalWidth > 0, natural: i.naturalWidth, ...box(i)})),
+    overflowing: [...document.body.querySelectorAll('*')]
+      .filter(e => !e.closest('div.table, pre') || e.matches('div.table, pre'))
+      .filter(e => e.getBoundingClientRect().right > width + 0.5)
+      .map(e => e.tagName.toLowerCase()),
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'layout';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(*args: str) -> str:
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.fixture
+def chromium_layout(tmp_path):
+    """`check(html_path, width)`: renders the page in headless Chromium `width` CSS pixels wide and
+    returns (layout measured in the page, screenshot of the whole page as a PIL image). Skips the
+    test where Chromium is not installed (.ci/run installs it)."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed")
+    from PIL import Image
+
+    def check(page: Path, width: int = 800):
+        probe = tmp_path / f"probe-{page.stem}.html"
+        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"))
+        size = f"--window-size={width},2000"
+        dom = _chromium(size, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+        found = re.search(r'<pre id="layout">(.*?)</pre>', dom, flags=re.S)
+        assert found, "the page did not finish loading in Chromium"
+        layout = json.loads(html.unescape(found.group(1)))
+        shot = tmp_path / f"shot-{page.stem}.png"
+        height = min(int(layout["height"]), 16000)
+        _chromium(
+            f"--window-size={width},{height}",
+            "--force-device-scale-factor=1",
+            "--virtual-time-budget=5000",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        )
+        image = Image.open(shot).convert("RGB")
+        assert_layout(layout, image, width)
+        return layout, image
+
+    return check
+
+
+def assert_layout(layout: dict, shot, width: int) -> None:
+    """What a reader must see: every image loaded, none on another, each with at least 2 pixels
+    per CSS pixel (sharp on a high-resolution screen); nothing wider than the window; and in the
+    screenshot, each image painted and the page's right margin empty from top to bottom."""
+    from PIL import ImageStat
+
+    images = layout["images"]
+    assert images and all(i["loaded"] for i in images), "an image did not load"
+    assert layout["scrollWidth"] <= width and layout["overflowing"] == [], layout["overflowing"]
+    for i, a in enumerate(images):
+        assert a["natural"] >= 2 * a["width"] - 1, (
+            f"image {i} has {a['natural']} pixels for {a['width']} CSS pixels"
+        )
+        for b in images[i + 1 :]:
+            apart = a["top"] + a["height"] <= b["top"] or b["top"] + b["height"] <= a["top"]
+            assert apart or a["right"] <= b["left"] or b["right"] <= a["left"], "two images overlap"
+    assert shot.width == width
+    margin = shot.crop((width - 12, 0, width, shot.height))  # the body's right padding
+    assert ImageStat.Stat(margin).extrema == [(255, 255)] * 3, "something reaches into the right margin"
+    for i, a in enumerate(images):
+        if a["top"] + a["height"] > shot.height:
+            continue  # below a (very long) page's screenshot
+        box = (
+            int(a["left"]) + 1,
+            int(a["top"]) + 1,
+            int(a["left"] + a["width"]) - 1,
+            int(a["top"] + a["height"]) - 1,
+        )
+        painted = ImageStat.Stat(shot.crop(box).convert("L"))
+        assert painted.stddev[0] > 10 and painted.mean[0] < 250, f"image {i} is not painted in the screenshot"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import select
 import sys
 
 from dpolab import __version__
 from dpolab.errors import DpolabError
+from dpolab.logs import setup_logging
 
 # Modules with sub-commands, in the order `dpolab --help` lists them. Imported lazily so that
 # `dpolab --help` does not pay for importing torch.
@@ -45,28 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time of the message (tests swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-
-def _setup_logging() -> None:
-    logger = logging.getLogger("dpolab")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("dpolab: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reader has closed it (`dpolab data stats f | head`)."""
     try:
@@ -89,7 +67,7 @@ def _discard_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
+    setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -164,34 +162,18 @@ def test_cli(runs, tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
 
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-def test_images_load_in_headless_chromium(runs, tmp_path):
+def test_the_report_in_headless_chromium(runs, tmp_path, chromium_layout):
+    """As a reader sees it, 800 CSS pixels wide (narrower than the report's widest tables): every
+    plot loads, sharp on a 2× screen, none on another, nothing wider than the window (the wide
+    tables scroll in their own box), and in the screenshot every plot is painted and the right
+    margin is empty (conftest's `assert_layout`)."""
     files = render_report(list(runs), tmp_path / "report.html")
-    probe = tmp_path / "probe.html"
-    check = (
-        "<script>window.addEventListener('load',()=>{const ok=[...document.images].every("
-        "i=>i.complete&&i.naturalWidth>0);document.body.setAttribute('data-images',ok?'loaded':'broken');});"
-        "</script>"
-    )
-    probe.write_text(files.html.read_text().replace("</body>", check + "</body>"))
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    assert 'data-images="loaded"' in dom
+    layout, _ = chromium_layout(files.html, width=800)
+    assert len(layout["images"]) == 11
+    # the plots are shown at their drawn size (640 CSS pixels for 1280), not stretched or cut
+    assert {(i["natural"], round(i["width"])) for i in layout["images"]} >= {(1280, 640)}
+    page = files.html.read_text()
+    assert page.count("<div class='table'><table>") == page.count("<table>") >= 5  # each in its box
 
 
 def test_an_sft_run_is_labelled_sft(tmp_path):
@@ -222,3 +204,32 @@ def test_the_peak_is_marked_in_the_plot(runs, tmp_path, monkeypatch):
         [30],
         [0.8125],
     )
+
+
+def test_the_win_rate_plot_draws_each_confidence_interval(tmp_path, monkeypatch):
+    """Beside the win / tie / loss bars, each win rate as a dot with its bootstrap 95 % interval."""
+    import dpolab.report.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
+    results = [
+        {"win_fraction": 0.4, "tie_fraction": 0.2, "loss_fraction": 0.4, "win_rate": 0.5, "ci95": [0.3, 0.7]},
+        {
+            "win_fraction": 0.7,
+            "tie_fraction": 0.0,
+            "loss_fraction": 0.3,
+            "win_rate": 0.7,
+            "ci95": [0.62, 0.79],
+        },
+    ]
+    plots.plot_winrates([("a vs b", results[0]), ("c vs d", results[1])], tmp_path / "w.png")
+    (ax,) = figures[0].axes
+    spans = []
+    for container in ax.containers:
+        if getattr(container, "has_xerr", False):
+            (segments,) = container.lines[2]
+            ((x0, y0), (x1, _)) = segments.get_segments()[0]
+            spans.append((round(y0), round(min(x0, x1), 2), round(max(x0, x1), 2)))
+    assert spans == [(1, 0.3, 0.7), (0, 0.62, 0.79)]  # the first result on top
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["win rate 0.500\n95% CI [0.30, 0.70]", "win rate 0.700\n95% CI [0.62, 0.79]"]

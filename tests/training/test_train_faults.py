@@ -114,7 +114,9 @@ def test_rows_skipped_at_loading_and_at_tokenisation_make_one_report_per_file(tm
     report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
     assert [r["source"] for r in report] == [str(train)]
     assert [r["row"] for r in report[0]["rows"]] == [2, 4] and report[0]["skipped"] == 2
-    said = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    said = [
+        line for line in capsys.readouterr().err.splitlines() if ": skipped" in line
+    ]  # not tmp_path's name
     assert said == [
         f"dpolab: {train}: skipped 2 bad rows ({'; '.join(f'1 × {k}' for k in report[0]['by_reason'])})"
     ]
@@ -341,6 +343,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mode
             "logging_steps": 2,
             "save_strategy": "steps",
             "save_steps": 1,
+            "save_total_limit": None,  # keep every checkpoint (dpolab's default keeps the last 2)
             "disable_tqdm": True,
         },
     }

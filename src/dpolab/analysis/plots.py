@@ -7,13 +7,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# Plots are drawn at 100 pixels per inch of figure, and saved with PIXEL_RATIO times as many pixels
+# (200 per inch): shown at their drawn size (the report's HTML sets each image's width), they stay
+# sharp on screens with 2 device pixels per CSS pixel.
+DISPLAY_DPI = 100
+PIXEL_RATIO = 2
+
 
 def new_figure(width: float = 6.4, height: float = 4.0):
     """A matplotlib figure and axes on the non-interactive Agg canvas (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=DISPLAY_DPI)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot(1, 1, 1)
 
@@ -22,7 +28,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", dpi=DISPLAY_DPI * PIXEL_RATIO)
     return path
 
 

@@ -3,6 +3,7 @@ follows (`validate`). Each stage of `dpolab.training` adds its own rules on top.
 
 from dpolab.config.parse import (
     dump_config,
+    explicit_values,
     load_yaml,
     merge_overrides,
     parse_config,
@@ -36,6 +37,7 @@ __all__ = [
     "RunConfig",
     "check_early_stopping_metric",
     "dump_config",
+    "explicit_values",
     "has_eval_data",
     "load_yaml",
     "merge_overrides",

@@ -127,18 +127,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def merge_overrides(values: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+def _set_dotted(values: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = values
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise DpolabError(f"override '{text}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def merge_overrides(
+    values: dict[str, Any], overrides: typing.Sequence[str] | typing.Mapping[str, Any]
+) -> dict[str, Any]:
+    """`values` with the overrides set: `section.key=value` strings (the value read as YAML), or a
+    mapping of `section.key` to Python values (the Python API's form)."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, typing.Mapping):
+        for key, value in overrides.items():
+            path = str(key).split(".")
+            if len(path) < 2 or not all(path):
+                raise DpolabError(f"override '{key}': name a section and a key, e.g. loss.beta")
+            _set_dotted(values, path, value, f"{key}={value!r}")
+        return values
     for text in overrides:
         path, value = parse_override(text)
-        node = values
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise DpolabError(f"override '{text}': '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        _set_dotted(values, path, value, text)
     return values
 
 
@@ -188,7 +205,26 @@ def parse_config(values: dict[str, Any]) -> RunConfig:
     return config
 
 
-def read_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+def explicit_values(config: RunConfig) -> dict[str, Any]:
+    """The sections and keys of `config` its source wrote (`config.explicit`), as a mapping that
+    `parse_config` reads back into the same config: the defaults stay defaults."""
+
+    def keep(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in values.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if dotted not in config.explicit:
+                continue
+            nested = isinstance(value, dict) and any(e.startswith(dotted + ".") for e in config.explicit)
+            out[key] = keep(value, dotted) if nested else value
+        return out
+
+    return keep(config.to_dict(), "")
+
+
+def read_config(
+    path: str | Path | None, overrides: typing.Sequence[str] | typing.Mapping[str, Any] = ()
+) -> dict[str, Any]:
     """The sections of a YAML file (none for None) with the overrides applied, untyped."""
     values = read_yaml(path) if path is not None else {}
     return merge_overrides(values, overrides)

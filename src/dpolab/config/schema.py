@@ -46,6 +46,10 @@ class DataSection:
     builder: str | None = None  # metamath | arc | hellaswag: build pairs from `source`
     source: str | None = None  # raw dataset for `builder`
     format: str = "auto"  # auto | standard | conversational | implicit
+    # the row's columns under other names, dpolab field -> column: {prompt: question, chosen: good,
+    # rejected: bad}; also messages (default: a `conversations` or `messages` column), system
+    # (default: a `system` column; null: none), query (appended to the prompt, LLaMA-Factory's `input`)
+    columns: dict[str, str | None] | None = None
     max_length: int | None = 1024  # prompt + completion tokens
     max_prompt_length: int | None = 512  # the prompt keeps its last tokens
     on_bad_rows: str = "error"  # error | skip
@@ -139,11 +143,17 @@ MOVED_KEYS = {
     "loss.final_norm": "loss.intermediate.final_norm",
 }
 
-# Defaults dpolab gives TrainingArguments unless the config says otherwise.
+# Defaults dpolab gives TrainingArguments unless the config says otherwise (each stage adds its
+# own, the learning rate: `dpolab.training.stages`). The run states them in its log at start.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/dpolab",
-    "logging_steps": 10,
-    "save_strategy": "no",
+    "logging_steps": 10,  # as TRL's configs (TrainingArguments: 500)
+    # checkpoints as TrainingArguments and TRL save them (every 500 steps and at the last step), so
+    # that `training.resume_from_checkpoint=true` finds one; only the last 2 are kept (with early
+    # stopping, the best one too), so that a long run does not fill the disk
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
     "report_to": "none",
     "logging_nan_inf_filter": False,  # a non-finite loss must be seen, not filtered out
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 from dpolab.config.parse import suggest
 from dpolab.config.schema import CHOICES, TRAINING_RESERVED, RunConfig
+from dpolab.data.formats import check_columns
 from dpolab.errors import DpolabError
 
 
@@ -81,6 +82,8 @@ def _check_data(config: RunConfig) -> None:
             f"data.max_prompt_length ({data.max_prompt_length}) must be below data.max_length ({data.max_length}), "
             f"or no completion token survives; lower it or raise max_length"
         )
+    if data.columns is not None:
+        check_columns(data.columns)
     if data.eval and data.eval_size is not None:
         raise DpolabError(
             "data.eval and data.eval_size are both set: give an eval file, or hold out eval_size "

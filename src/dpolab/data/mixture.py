@@ -29,11 +29,11 @@ import random
 from typing import Any
 
 from dpolab.data.builders import BUILDER_NAMES, build_pairs
-from dpolab.data.formats import PreferenceExample
+from dpolab.data.formats import PreferenceExample, check_columns
 from dpolab.data.pairs import BadRowReport, load_pairs
 from dpolab.errors import DpolabError
 
-SPEC_KEYS = ("path", "split", "weight", "builder")
+SPEC_KEYS = ("path", "split", "weight", "builder", "columns")
 MIX_STRATEGIES = ("sum", "interleave_under", "interleave_over")
 
 
@@ -66,11 +66,15 @@ def check_spec(spec: Any, index: int) -> dict[str, Any]:
     split = spec.get("split")
     if split is not None and not isinstance(split, str):
         raise DpolabError(f"{name} ({path}): 'split' must be a string")
+    columns = spec.get("columns")
+    if columns is not None:
+        check_columns(columns, f"{name} ({path}): 'columns'")
     return {
         "path": path,
         "split": split,
         "weight": None if weight is None else float(weight),
         "builder": builder,
+        "columns": columns,
     }
 
 
@@ -114,6 +118,7 @@ def load_sources(
     on_bad_rows: str = "error",
     seed: int = 0,
     mix_strategy: str = "sum",
+    columns: dict[str, str | None] | None = None,
 ) -> tuple[list[PreferenceExample], list[BadRowReport]]:
     """The training examples of one source or a mixture, and one bad-row report per source.
 
@@ -123,6 +128,7 @@ def load_sources(
         on_bad_rows: `error` stops at the first bad row naming file, row and field; `skip` counts.
         seed: seeds the builders (MetaMath's corruption) and the sampling and shuffling of a mixture.
         mix_strategy: how large a weighted mixture is (`sum`, `interleave_under`, `interleave_over`).
+        columns: `data.columns`, for the sources whose spec names no `columns` of its own.
 
     Without weights the result is the sources' examples concatenated in order (not shuffled); with
     weights it is the mixture, shuffled with `seed`. Each example keeps its source row number.
@@ -145,7 +151,13 @@ def load_sources(
                 spec["builder"], spec["path"], split=spec["split"], seed=seed, on_bad_rows=on_bad_rows
             )
         else:
-            examples, report = load_pairs(spec["path"], split=spec["split"], fmt=fmt, on_bad_rows=on_bad_rows)
+            examples, report = load_pairs(
+                spec["path"],
+                split=spec["split"],
+                fmt=fmt,
+                on_bad_rows=on_bad_rows,
+                columns=spec["columns"] if spec["columns"] is not None else columns,
+            )
         per_source.append(examples)
         reports.append(report)
 

@@ -104,11 +104,12 @@ def load_pairs(
     on_bad_rows: str = "error",
     limit: int | None = None,
     skip_hint: str = CONFIG_SKIP_HINT,
+    columns: dict[str, str | None] | None = None,
 ) -> tuple[list[PreferenceExample], BadRowReport]:
     """All usable pairs of a source, normalised, with the report of the rows skipped.
 
     Raises `DpolabError` at the first bad row when `on_bad_rows` is `error` (its advice on skipping
-    worded by `skip_hint`), and when no row at all is usable.
+    worded by `skip_hint`), and when no row at all is usable. `columns`: `data.columns`.
     """
     policy = BadRowPolicy(source, on_bad_rows, skip_hint=skip_hint)
     examples: list[PreferenceExample] = []
@@ -117,7 +118,7 @@ def load_pairs(
             policy.bad(row.number, None, row.error or "unreadable")
             continue
         try:
-            example = normalise(row.record, fmt, row=row.number)
+            example = normalise(row.record, fmt, row=row.number, columns=columns)
             example.source = str(source)
             examples.append(example)
         except BadRow as err:

@@ -39,11 +39,16 @@ def _load_examples(
         from dpolab.data.mixture import load_sources  # sources with weights, or builders
 
         examples, reports = load_sources(
-            spec, fmt=data.format, on_bad_rows=data.on_bad_rows, seed=seed, mix_strategy=data.mix_strategy
+            spec,
+            fmt=data.format,
+            on_bad_rows=data.on_bad_rows,
+            seed=seed,
+            mix_strategy=data.mix_strategy,
+            columns=data.columns,
         )
         return examples[:limit], reports
     examples, report = load_pairs(
-        spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit
+        spec, split=split, fmt=data.format, on_bad_rows=data.on_bad_rows, limit=limit, columns=data.columns
     )
     return examples, [report]
 

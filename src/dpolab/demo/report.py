@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dpolab import __version__
-from dpolab.analysis.plots import plot_layers, plot_tokens
+from dpolab.analysis.plots import new_figure, plot_layers, plot_tokens, save_figure
 from dpolab.data.io import write_json_atomic
 from dpolab.report.document import Heading, Image, Para, Table, to_html, to_markdown
-from dpolab.report.plots import plot_curves
+from dpolab.report.plots import draw_win_rate_intervals, plot_curves
 from dpolab.report.runs import load_run
 
 
@@ -121,6 +121,50 @@ def findings(results: dict[str, Any], intermediate_layers: list[int]) -> list[di
     return out
 
 
+def plot_accuracy_and_winrates(
+    table: dict[str, dict[str, Any]], winrates: dict[str, dict[str, Any]], path: Path
+) -> Path:
+    """The demo's headline numbers at a glance: each model's held-out accuracy (greedy and sampled)
+    beside each comparison's win rate (ties ½) with its bootstrap 95 % interval."""
+    fig, ax = new_figure(10.0, 4.0)
+    ax.remove()
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    names = list(table)
+    for offset, (key, label, color) in zip(
+        (-0.2, 0.2), (("accuracy/greedy", "greedy", "#2a6f9a"), ("accuracy/sampled", "T 0.3", "#9ac1dd"))
+    ):
+        values = [table[n].get(key) or 0.0 for n in names]
+        bars = left.bar([i + offset for i in range(len(names))], values, 0.4, label=label, color=color)
+        left.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7, padding=1)
+    left.set_xticks(range(len(names)), names, fontsize=8, rotation=20)
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("exact-match accuracy (held out)")
+    left.set_title("Accuracy")
+    left.legend(fontsize=8)
+    comparisons = list(winrates)
+    positions = list(range(len(comparisons)))
+    right.bar(positions, [winrates[c]["win_rate"] for c in comparisons], 0.6, color="#bbd8a8")
+    draw_win_rate_intervals(right, positions, [winrates[c] for c in comparisons], horizontal=False)
+    right.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    right.set_xticks(positions, [c.replace(" vs ", "\nvs ") for c in comparisons], fontsize=7)
+    right.set_ylim(0, 1)
+    right.set_ylabel("win rate (ties ½)")
+    right.set_title("Pairwise win rates, 95% CI")
+    right.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def _accuracy_blocks(results: dict[str, Any], plots: Path) -> list:
+    """The chart of accuracy and win rates, under the tables it draws."""
+    if not results.get("winrates"):
+        return []
+    path = plot_accuracy_and_winrates(results["models"], results["winrates"], plots / "accuracy-winrates.png")
+    caption = (
+        "Held-out accuracy of each model; the win rate of each comparison with its bootstrap 95% interval"
+    )
+    return [Image(path, caption)]
+
+
 def write_demo_report(
     out: Path,
     results: dict[str, Any],
@@ -183,6 +227,7 @@ def write_demo_report(
                 ],
             ),
         ]
+    blocks += _accuracy_blocks(results, plots)
     images = []
     for kind, result in results.get("layers", {}).items():
         images.append(

@@ -50,6 +50,21 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
     return fingerprint
 
 
+def weights_fingerprint(model) -> dict[str, Any]:
+    """What identifies the weights of a model in memory (one a notebook passes in, with no folder
+    to fingerprint): a hash of every parameter's and buffer's name, dtype, shape and bytes. It
+    reads the whole model once, as its first forward pass would."""
+    import torch
+
+    digest = hashlib.sha256()
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return {"in_memory": type(model).__name__, "weights": digest.hexdigest()}
+
+
 def _files_digest(folder: Path) -> str:
     """A hash of the config, adapter config, weight and index files of `folder`: each one's name,
     size, modification time and first and last MiB."""

@@ -122,6 +122,11 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     if base is not None and not (Path(os.path.expanduser(name)) / "tokenizer_config.json").is_file():
         name = base
     tokenizer = _load("tokenizer", name, AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code)
+    return with_pad_token(tokenizer, name)
+
+
+def with_pad_token(tokenizer, name: str):
+    """The tokenizer, its EOS token standing in for a missing pad token (as TRL does)."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise DpolabError(

@@ -50,7 +50,24 @@ Block = Heading | Para | Table | Image | Code
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}pre{background:#f7f7f7;padding:.6em}"""
+figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto}div.table{overflow-x:auto;max-width:100%}"""
+
+
+def display_width(path: Path) -> int | None:
+    """The CSS width a plot is meant to be shown at: its pixels at the 100 per inch it was drawn
+    at, from the resolution saved in the PNG (plots are saved with 2 pixels per CSS pixel, sharp
+    on high-resolution screens). None when the file says no resolution."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as image:
+        dpi = image.info.get("dpi")
+        width = image.width
+    if not dpi or not dpi[0]:
+        return None
+    from dpolab.analysis.plots import DISPLAY_DPI
+
+    return round(width * DISPLAY_DPI / float(dpi[0]))
 
 
 def _cell(value: Any) -> str:
@@ -80,11 +97,16 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
                 + "</tr>"
                 for row in b.rows
             )
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            # in a box that scrolls sideways: a wide table never widens the page
+            out.append(
+                f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            )
         elif isinstance(b, Image):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            width = display_width(b.path)
+            size = f" width='{width}'" if width else ""
             out.append(
-                f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(b.caption, quote=True)}'>"
+                f"<figure><img src='data:image/png;base64,{data}'{size} alt='{html.escape(b.caption, quote=True)}'>"
                 f"<figcaption>{html.escape(b.caption)}</figcaption></figure>"
             )
         elif isinstance(b, Code):

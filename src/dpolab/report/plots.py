@@ -78,7 +78,8 @@ def plot_layer_curves(run: Run, metric: str, layers: Sequence[int], path: str | 
 
 
 def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
-    """Stacked bars of win / tie / loss fractions, one bar per (label, winrate result), top to bottom."""
+    """Stacked bars of win / tie / loss fractions, one bar per (label, winrate result), top to
+    bottom; on each, the win rate (ties as half) with its bootstrap 95 % interval (`ci95`)."""
     fig, ax = new_figure(7.5, max(2.0, 0.5 * len(rows) + 1.2))
     y = [len(rows) - 1 - i for i in range(len(rows))]  # the first result on top
     left = [0.0] * len(rows)
@@ -90,10 +91,12 @@ def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.Pat
         widths = [r.get(key) or 0.0 for _, r in rows]
         ax.barh(y, widths, left=left, color=color, label=name)
         left = [a + b for a, b in zip(left, widths)]
+    draw_win_rate_intervals(ax, y, [r for _, r in rows], horizontal=True)
     for pos, (_, r) in zip(y, rows):
         if r.get("win_rate") is not None:
+            ci = r.get("ci95")
             ax.annotate(
-                f"win rate {r['win_rate']:.3f}",
+                f"win rate {r['win_rate']:.3f}" + (f"\n95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
                 (1.0, pos),
                 xytext=(4, 0),
                 textcoords="offset points",
@@ -101,12 +104,29 @@ def plot_winrates(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.Pat
                 fontsize=8,
             )
     ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
-    ax.set_xlim(0, 1.35)
+    ax.set_xlim(0, 1.45)  # room for the labels right of the bars
+    ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_xlabel("fraction of judged pairs")
     ax.set_title("Pairwise judging (both orders; disagreement = tie)")
     # beside the axes: inside, it covered the win-rate labels
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)
+
+
+def draw_win_rate_intervals(
+    ax, positions: Sequence[float], results: Sequence[dict[str, Any]], *, horizontal: bool
+):
+    """Each result's win rate as a black dot with its 95 % interval (`ci95`) as an error bar, at
+    the given bar positions (bars along x when `horizontal`, else along y)."""
+    for pos, r in zip(positions, results):
+        rate, ci = r.get("win_rate"), r.get("ci95")
+        if rate is None:
+            continue
+        error = [[rate - ci[0]], [ci[1] - rate]] if ci else None
+        x, y = (rate, pos) if horizontal else (pos, rate)
+        kind = {"xerr": error} if horizontal else {"yerr": error}
+        ax.errorbar(x, y, **kind, fmt="o", color="black", markersize=4, capsize=4, linewidth=1.2, zorder=3)
+    ax.plot([], [], "o-", color="black", markersize=4, label="win rate, 95% CI")
 
 
 def plot_forgetting(rows: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:

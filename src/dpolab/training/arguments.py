@@ -41,3 +41,64 @@ def training_arguments(config: RunConfig, stage, *, has_eval: bool):
         return TrainingArguments(**values)
     except (ValueError, TypeError) as err:
         raise DpolabError(f"training: {str(err).strip().splitlines()[0]}") from None
+
+
+def _origin(config: RunConfig, stage, key: str) -> str:
+    """Where a TrainingArguments value came from, in the words of the log."""
+    if key in config.training:
+        return f"training.{key}"
+    if key in stage.training_defaults:
+        return f"the default of dpolab {stage.name}; set training.{key}"
+    if key in TRAINING_DEFAULTS:
+        return f"dpolab's default; set training.{key}"
+    return f"transformers' default; set training.{key}"
+
+
+def _every(value: float) -> str:
+    if value == 1:
+        return "every step"
+    return f"every {value:g} steps" if value >= 1 else f"every {value:.0%} of the training steps"
+
+
+def settings_lines(args, config: RunConfig, stage, *, has_eval: bool) -> list[str]:
+    """What the run's log says at start of the values that are easy to miss: the learning rate,
+    when it evaluates and when it saves checkpoints, each with where it came from."""
+    lines = [f"learning rate {args.learning_rate:g} ({_origin(config, stage, 'learning_rate')})"]
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy == "no":
+        why = "training.eval_strategy no" if has_eval else "no eval data: set data.eval or data.eval_size"
+        lines.append(f"evaluation: none ({why})")
+    elif strategy == "epoch":
+        lines.append("evaluation: at the end of each epoch (training.eval_strategy epoch)")
+    else:
+        origin = (
+            "training.eval_steps"
+            if "eval_steps" in config.training
+            else "by default every training.logging_steps; set training.eval_steps"
+        )
+        lines.append(f"evaluation: {_every(args.eval_steps)} and at the last step ({origin})")
+    save = str(getattr(args.save_strategy, "value", args.save_strategy))
+    if save == "no":
+        lines.append(
+            "checkpoints: none (training.save_strategy no); training.resume_from_checkpoint will "
+            "find nothing to resume from"
+        )
+        return lines
+    when = {
+        "steps": f"{_every(args.save_steps)} and at the last step",
+        "epoch": "at the end of each epoch",
+        "best": "at each new best eval metric",
+    }.get(save, save)
+    kept = f"the last {args.save_total_limit} kept" if args.save_total_limit else "all kept"
+    keys = ["save_strategy", "save_steps", "save_total_limit"]
+    if config.early_stopping.patience is not None:
+        kept += ", and the best"
+    chosen = [f"training.{k}" for k in keys if k in config.training]
+    defaults = [f"training.{k}" for k in keys if k not in config.training]
+    origin = ", ".join(chosen) if chosen else ""
+    if defaults:
+        origin += ("; " if origin else "") + "dpolab's defaults for " + ", ".join(defaults)
+    if config.early_stopping.patience is not None and "save_steps" not in config.training:
+        origin += "; early stopping saves at each evaluation"
+    lines.append(f"checkpoints: {when} in {args.output_dir}/checkpoint-N, {kept} ({origin})")
+    return lines

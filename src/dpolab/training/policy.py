@@ -1,10 +1,13 @@
 """The models of a run: the policy (full weights, or with fresh LoRA adapters) and a frozen
-reference copy, loaded with `dpolab.modeling.loading` as the config's model section says."""
+reference copy, loaded with `dpolab.modeling.loading` as the config's model section says, or
+given as objects by the caller (`GivenModels`: a notebook's `dpolab.PreferenceTrainer`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -80,7 +83,35 @@ def load_policy(
 
 def load_frozen_reference(section: ModelSection) -> nn.Module:
     """A frozen copy of the reference weights (`ref_name_or_path`, else the policy's start)."""
-    model = load_model(section.ref_name_or_path or section.name_or_path, section)
+    return freeze(load_model(section.ref_name_or_path or section.name_or_path, section))
+
+
+@dataclass
+class GivenModels:
+    """Models and a tokenizer the caller passes in (`dpolab.PreferenceTrainer`) instead of the
+    config's model section naming them; None where the config's choice holds. The given policy
+    trains in place (with `model.lora`, the adapters are added to it)."""
+
+    policy: nn.Module | None = None
+    reference: nn.Module | None = None
+    tokenizer: Any = None
+
+
+def given_policy(model: nn.Module, section: ModelSection, *, seed: int = 42) -> nn.Module:
+    """A policy passed in as an object: checked, and given fresh LoRA adapters if `lora` is set."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        raise DpolabError(
+            "model: a peft model; pass the base model with peft_config (dpolab adds the adapters, "
+            "and its reference is the base with them disabled)"
+        )
+    check_supported(model.config)
+    return apply_lora(model, section, seed=seed) if section.lora is not None else model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """The model in eval mode with no gradients: a reference."""
     model.eval()
     model.requires_grad_(False)
     return model

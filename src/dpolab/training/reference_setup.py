@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 from pathlib import Path
 
 from dpolab.config.schema import RunConfig
 from dpolab.errors import DpolabError
-from dpolab.modeling.fingerprint import model_fingerprint
-from dpolab.training.policy import load_frozen_reference
+from dpolab.modeling.fingerprint import model_fingerprint, weights_fingerprint
+from dpolab.training.policy import GivenModels, freeze, load_frozen_reference
 from dpolab.training.reference import (
     AdapterDisabledReference,
     ModelReference,
@@ -24,6 +25,14 @@ from dpolab.training.reference_cache import (
 )
 
 log = logging.getLogger("dpolab")
+
+
+def _reference_name(section, given: GivenModels) -> str:
+    if given.reference is not None:
+        return "the given ref_model"
+    if given.policy is not None and section.ref_name_or_path is None:
+        return "the given model's starting weights"
+    return section.ref_name_or_path or section.name_or_path
 
 
 def check_sharding(config: RunConfig) -> None:
@@ -79,11 +88,24 @@ def check_vocabulary(config: RunConfig, tokenizer, policy_config, reference_conf
             )
 
 
-def build_reference(config: RunConfig, policy, objective, prepared, collator, args):
+def _frozen_reference(config: RunConfig, given: GivenModels):
+    """The reference model: the given one, or a copy of the given policy's starting weights (as
+    it is now, before any step), or the one the config names, loaded; frozen."""
+    if given.reference is not None:
+        return freeze(given.reference)
+    if given.policy is not None and config.model.ref_name_or_path is None:
+        return freeze(copy.deepcopy(given.policy))
+    return load_frozen_reference(config.model)
+
+
+def build_reference(
+    config: RunConfig, policy, objective, prepared, collator, args, given: GivenModels | None = None
+):
     """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
     to every train/eval pair (from the cache when it holds them) and frees the reference model.
-    When the reference is the policy's starting weights (no `ref_name_or_path`), the policy itself
-    computes them before training starts: no second copy is loaded."""
+    When the reference is the policy's starting weights (no `ref_name_or_path`, no given
+    reference), the policy itself computes them before training starts: no second copy is loaded."""
+    given = given or GivenModels()
     if not objective.needs_reference:
         log.info(
             "reference: none (loss.method %s compares the policy with no reference: none loaded, computed or cached)",
@@ -93,22 +115,29 @@ def build_reference(config: RunConfig, policy, objective, prepared, collator, ar
     section = config.model
     layers, final_norm = objective.layers, objective.final_norm
     how = {"final_norm": final_norm, "ld_alpha": objective.ld_alpha}  # reduced as the policy's are
-    adapters = section.lora is not None and section.ref_name_or_path is None
+    separate = section.ref_name_or_path is not None or given.reference is not None
+    adapters = section.lora is not None and not separate
     if not config.reference.precompute:
         if adapters:
             log.info("reference: the policy with its LoRA adapters disabled")
             return AdapterDisabledReference(layers, **how)
-        log.info("reference: a frozen copy of %s", section.ref_name_or_path or section.name_or_path)
-        return ModelReference(load_frozen_reference(section), layers, **how).to(args.device)
+        log.info("reference: a frozen copy of %s", _reference_name(section, given))
+        return ModelReference(_frozen_reference(config, given), layers, **how).to(args.device)
 
     ref_path = section.ref_name_or_path or section.name_or_path
+    if given.reference is not None:
+        fingerprint = weights_fingerprint(given.reference)
+    elif given.policy is not None and section.ref_name_or_path is None:
+        fingerprint = weights_fingerprint(policy)  # its starting weights: no step taken yet
+    else:
+        fingerprint = model_fingerprint(ref_path)
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
     for pairs in (prepared.train, prepared.eval):
         if not pairs:
             continue
         key = cache_key(
-            model=model_fingerprint(ref_path),
+            model=fingerprint,
             pairs=pairs,
             layers=layers,
             final_norm=final_norm,
@@ -119,16 +148,16 @@ def build_reference(config: RunConfig, policy, objective, prepared, collator, ar
         def compute(pairs=pairs):
             if adapters:
                 reference, owner = AdapterDisabledReference(layers, **how), policy
-            elif section.ref_name_or_path is None:
+            elif not separate:
                 # the reference is the policy's starting weights, and no step has been taken yet:
                 # the policy itself serves, with no second copy in memory
                 reference, owner = ModelReference(policy, layers, **how), None
             else:
                 reference, owner = (
-                    ModelReference(load_frozen_reference(section), layers, **how),
+                    ModelReference(_frozen_reference(config, given), layers, **how),
                     None,
                 )
-            if adapters or section.ref_name_or_path is None:
+            if adapters or not separate:
                 policy.to(args.device)
             else:
                 reference.to(args.device)

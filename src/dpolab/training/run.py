@@ -24,6 +24,7 @@ from dpolab.data.io import write_json_atomic
 from dpolab.data.prepare import PreparedData, prepare_data
 from dpolab.errors import DpolabError
 from dpolab.training.checkpoints import last_checkpoint_before, resume_target, resumed_step
+from dpolab.training.policy import GivenModels
 from dpolab.training.stages import PREFERENCE, Stage
 
 log = logging.getLogger("dpolab")
@@ -65,29 +66,47 @@ def _log_data(prepared: PreparedData, output_dir: Path, first_process: bool) -> 
     log.info("pairs: %d train, %s eval", len(prepared.train), len(prepared.eval) if prepared.eval else "no")
 
 
-def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
-    """Check and load everything the run needs, models last."""
+def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | None = None) -> PreparedRun:
+    """Check and load everything the run needs, models last. `given`: models and tokenizer passed
+    in as objects (`dpolab.PreferenceTrainer`), used instead of loading what the config names."""
     from dpolab.modeling.anatomy import check_supported, num_layers_of
-    from dpolab.modeling.loading import adapter_base, count_parameters, load_model_config, load_tokenizer
-    from dpolab.training.arguments import training_arguments
-    from dpolab.training.policy import load_policy
+    from dpolab.modeling.loading import (
+        adapter_base,
+        count_parameters,
+        load_model_config,
+        load_tokenizer,
+        with_pad_token,
+    )
+    from dpolab.training.arguments import settings_lines, training_arguments
+    from dpolab.training.policy import given_policy, load_policy
     from dpolab.training.reference_setup import build_reference, check_sharding, check_vocabulary
 
     first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch
     if not first_process:
         log.setLevel(logging.WARNING)  # the first process reports for all
+    given = given or GivenModels()
     section = config.model
     resume = resume_target(config)
-    policy_config = load_model_config(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    if given.policy is not None:
+        policy_config = given.policy.config
+    else:
+        policy_config = load_model_config(section.name_or_path, trust_remote_code=section.trust_remote_code)
     check_supported(policy_config)
     num_layers = num_layers_of(policy_config)
     stage.check_model(config, num_layers)
-    tokenizer = load_tokenizer(
-        section.tokenizer_name_or_path or section.name_or_path, trust_remote_code=section.trust_remote_code
-    )
+    if given.tokenizer is not None:
+        tokenizer = with_pad_token(given.tokenizer, "processing_class")
+    else:
+        tokenizer = load_tokenizer(
+            section.tokenizer_name_or_path or section.name_or_path,
+            trust_remote_code=section.trust_remote_code,
+        )
     needs_reference = stage.needs_reference(config)
     reference_config = None
-    if needs_reference and section.ref_name_or_path is not None:
+    if needs_reference and given.reference is not None:
+        reference_config = given.reference.config
+        check_supported(reference_config)
+    elif needs_reference and section.ref_name_or_path is not None:
         reference_config = load_model_config(
             section.ref_name_or_path, trust_remote_code=section.trust_remote_code
         )
@@ -98,6 +117,8 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
         config.data, tokenizer, tokenize=stage.tokenize, seed=seed, data_seed=config.training.get("data_seed")
     )
     args = training_arguments(config, stage, has_eval=data.eval is not None)
+    for line in settings_lines(args, config, stage, has_eval=data.eval is not None):
+        log.info("%s", line)
     if needs_reference:
         check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
     output_dir = Path(args.output_dir)
@@ -106,10 +127,13 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
         dump_config(config, output_dir / "config.yaml")
     _log_data(data, output_dir, first_process)
 
-    merged_start = (output_dir / MERGED_START).resolve()
-    policy = load_policy(section, merged_start=merged_start, write=first_process, seed=args.seed)
-    if first_process and section.lora is not None and adapter_base(section.name_or_path):
-        tokenizer.save_pretrained(merged_start)  # a whole model folder, as the new adapter's base
+    if given.policy is not None:
+        policy = given_policy(given.policy, section, seed=args.seed)
+    else:
+        merged_start = (output_dir / MERGED_START).resolve()
+        policy = load_policy(section, merged_start=merged_start, write=first_process, seed=args.seed)
+        if first_process and section.lora is not None and adapter_base(section.name_or_path):
+            tokenizer.save_pretrained(merged_start)  # a whole model folder, as the new adapter's base
     trainable, total = count_parameters(policy)
     log.info(
         "model: %s, %d layers, %.2fM parameters, %.2fM trainable",
@@ -120,7 +144,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
     )
     objective = stage.objective(config, num_layers)
     collator = stage.collator(tokenizer, objective)
-    reference = build_reference(config, policy, objective, data, collator, args)
+    reference = build_reference(config, policy, objective, data, collator, args, given)
     return PreparedRun(
         config=config,
         stage=stage,

@@ -28,7 +28,8 @@ class PreferenceStage:
     several) at the final and intermediate layers."""
 
     name: ClassVar[str] = "train"
-    training_defaults: ClassVar[dict[str, Any]] = {}
+    # TRL's DPOConfig (TrainingArguments' 5e-5 is 50 times too high for preference training)
+    training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 1e-6}
     tokenize = staticmethod(tokenize_pair)
 
     def early_stopping_metric(self, config: RunConfig) -> str:
@@ -80,7 +81,7 @@ class SFTStage:
     section plays a part."""
 
     name: ClassVar[str] = "sft"
-    training_defaults: ClassVar[dict[str, Any]] = {}
+    training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 2e-5}  # TRL's SFTConfig
     tokenize = staticmethod(tokenize_sft)
 
     def early_stopping_metric(self, config: RunConfig) -> str:
