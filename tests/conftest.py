@@ -1,8 +1,12 @@
-"""Shared fixtures: a locally trained tokenizer and tiny models saved to a temporary folder."""
+"""Shared fixtures: a locally trained tokenizer and tiny models saved to a temporary folder, and
+small disks that really fill up (tmpfs)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +35,60 @@ def model_dir(tmp_path_factory, tokenizer):
     tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class SmallDisk:
+    """A folder on a tmpfs of a given size: writes in it really run out of space."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fill(self) -> Path:
+        """Take every free byte with a filler file (tmpfs gives space in pages: a file whose last
+        page has room can still grow until that page is full). Returns the filler."""
+        filler = self.path / "filler"
+        with filler.open("ab", buffering=0) as handle:
+            for chunk in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        handle.write(b"\0" * chunk)
+                except OSError as err:
+                    assert err.errno == errno.ENOSPC, err
+        return filler
+
+    def resize(self, size: str) -> None:
+        """Give the disk another size (what freeing space does for a user)."""
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(size)` mounts a tmpfs of that size (`"2m"`, `"512k"`) in the test's folder and
+    returns it as a `SmallDisk`; unmounted after the test. Skipped, with the reason, where mounting
+    is not allowed (not root, or no `mount`)."""
+    mounted = []
+
+    def mount(size: str, name: str = "disk") -> SmallDisk:
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            pytest.skip("a full disk is made with a small tmpfs, and mounting one needs root")
+        folder = tmp_path / name
+        folder.mkdir()
+        try:
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                capture_output=True,
+                text=True,
+            )
+        except FileNotFoundError:
+            pytest.skip("a full disk is made with a small tmpfs, and there is no `mount` here")
+        if result.returncode != 0:
+            pytest.skip(
+                f"a full disk is made with a small tmpfs, and mounting one failed: {result.stderr.strip()}"
+            )
+        mounted.append(folder)
+        return SmallDisk(folder)
+
+    yield mount
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
