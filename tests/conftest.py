@@ -1,11 +1,14 @@
-"""Shared fixtures: a locally trained tokenizer and tiny models saved to a temporary folder, and
-small disks that really fill up (tmpfs)."""
+"""Shared fixtures: a locally trained tokenizer and tiny models saved to a temporary folder, small
+disks that really fill up (tmpfs), and processes killed with SIGKILL."""
 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,29 @@ def small_disk(tmp_path):
     for folder in mounted:
         if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def run_and_kill(target, *, delay: float | None = None, when=None, poll: float = 0.001) -> bool:
+    """Run `target()` in a forked child (torch and the rest already imported: it starts at once)
+    and SIGKILL it after `delay` seconds, or as soon as `when()` is true. Returns whether it was
+    killed (False: it finished first, and then it must have succeeded)."""
+    child = multiprocessing.get_context("fork").Process(target=target)
+    child.start()
+    deadline = time.monotonic() + (delay if delay is not None else 120.0)
+    while child.is_alive() and time.monotonic() < deadline and not (when is not None and when()):
+        child.join(poll if when is not None else max(0.0, deadline - time.monotonic()))
+    if child.is_alive():
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        return True
+    assert child.exitcode == 0, f"the child failed (exit code {child.exitcode}) before it was killed"
+    return False
+
+
+@pytest.fixture
+def killer(monkeypatch):
+    """`run_and_kill`, where processes can be forked and killed (skipped elsewhere)."""
+    if not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"):
+        pytest.skip("killing a run needs fork and SIGKILL")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # the tokenizer in a forked child
+    return run_and_kill

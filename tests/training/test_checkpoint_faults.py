@@ -6,6 +6,7 @@ numbers and weights of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -225,7 +226,7 @@ def test_resume_skips_a_torn_checkpoint_and_an_explicit_one_stops(tmp_path, whol
     config["training"]["resume_from_checkpoint"] = True
     with caplog.at_level("WARNING", logger="dpolab"):
         assert resume_target(config_from_dict(config)) == str(out / "checkpoint-3")
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith(f"skipped {out / 'checkpoint-4'}, incomplete: {start}") and warning.endswith(
         end
     )
@@ -312,3 +313,24 @@ def test_a_final_save_moves_its_files_in_beside_the_others(tmp_path):
         assert (tmp_path / "model.safetensors").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]
     assert (tmp_path / "model.safetensors").read_text() == "new"
+
+
+@pytest.mark.parametrize(
+    "limit,best", [(1, None), (2, None), (2, 3), (1, 2), (3, 6), (None, None), (9, None)]
+)
+def test_rotation_deletes_what_the_trainer_would(tmp_path, limit, best):
+    from transformers.trainer_utils import rotate_checkpoints as trainers_rotation
+
+    from dpolab.training.checkpoints import rotate_checkpoints
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        for step in (2, 4, 6, 8, 10):
+            (folder / f"checkpoint-{step}").mkdir(parents=True)
+            (folder / f"checkpoint-{step}" / "weights").write_text("w")
+    rotate_checkpoints(ours, limit, str(ours / f"checkpoint-{best}") if best else None)
+    trainers_rotation(
+        str(theirs), limit, str(theirs / f"checkpoint-{best}") if best else None, use_mtime=True
+    )
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    assert len(list(ours.iterdir())) < 5 or limit in (None, 9)

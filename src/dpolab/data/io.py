@@ -223,7 +223,11 @@ class _OutputFailed(Exception):
 
 @contextmanager
 def _atomic_output(
-    path: str | os.PathLike, *, binary: bool = False, total: int | None = None
+    path: str | os.PathLike,
+    *,
+    binary: bool = False,
+    total: int | None = None,
+    then: str = "the file was left as it was",
 ) -> Iterator[Callable[[Any], None]]:
     """`write(text)` (bytes if `binary`) into a temporary file next to `path`, flushed to the disk
     (fsync) and renamed onto `path` when the block ends; on any exception the temporary is removed
@@ -231,8 +235,8 @@ def _atomic_output(
 
     An `OSError` of the output itself (its folder, the writes, the rename) becomes a `DpolabError`
     naming `path` (for a full disk: the space the file needs, `total` bytes when the caller knows
-    it, and the space free); an exception of the block's own (reading the input, say) passes
-    unchanged.
+    it, and the space free; `then` ends that message); an exception of the block's own (reading
+    the input, say) passes unchanged.
     """
     path = Path(path)
     if path.is_dir():
@@ -269,9 +273,7 @@ def _atomic_output(
             tmp.unlink(missing_ok=True)
         if isinstance(exc, _OutputFailed):
             if is_disk_full(exc.err):
-                raise disk_full_error(
-                    path, exc.written, at_least=not exc.complete, then="the file was left as it was"
-                ) from None
+                raise disk_full_error(path, exc.written, at_least=not exc.complete, then=then) from None
             raise output_error(path, exc.err) from None
         raise
 
@@ -299,7 +301,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write a binary file atomically (temporary file + fsync + rename), as `write_jsonl_atomic` does."""
-    with _atomic_output(path, binary=True, total=len(data)) as write:
+def write_bytes_atomic(
+    path: str | os.PathLike, data: bytes, *, then: str = "the file was left as it was"
+) -> None:
+    """Write a binary file atomically (temporary file + fsync + rename), as `write_jsonl_atomic` does;
+    `then` ends the message of a full disk."""
+    with _atomic_output(path, binary=True, total=len(data), then=then) as write:
         write(data)

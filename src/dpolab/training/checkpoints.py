@@ -2,13 +2,14 @@
 starts from.
 
     staged_save()         a save written in a partial folder, flushed, then renamed into place
+    rotate_checkpoints()  the Trainer's rotation (save_total_limit), each folder renamed before deletion
     checkpoint_problem()  why a checkpoint folder cannot be resumed from (the file), or None
     resume_target()       the checkpoint `training.resume_from_checkpoint` names, checked
 
 A save (a checkpoint, the final model) is written in `.partial-NAME/` next to where it goes and
 takes its name only once every file in it is on the disk: a kill or a full disk during a save
-leaves the earlier checkpoints and no `checkpoint-N` folder with half its files. A partial folder
-left by a kill is removed by the next save of the same name.
+leaves the earlier checkpoints and no `checkpoint-N` folder with half its files; an old checkpoint
+is renamed before it is deleted. A partial folder left by a kill is removed by the next save.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def staged_save(
     root = final / f"{PARTIAL}save" if into else final.parent / f"{PARTIAL}{final.name}"
     staging = root if into else root / final.name
     if writer:
-        if root.exists():
-            log.info("removed %s, a save cut off by a kill", root)
-            shutil.rmtree(root)
+        for stale in sorted(root.parent.glob(f"{PARTIAL}*")):  # no two saves at once: left by a kill
+            log.info("removed %s, left by a save or a removal cut off by a kill", stale)
+            shutil.rmtree(stale)
         staging.mkdir(parents=True)
     wait()
     try:
@@ -95,6 +96,28 @@ def staged_save(
         if full:
             raise full_error(written) from None
         raise
+
+
+def rotate_checkpoints(run_dir: Path, limit: int | None, best: str | None) -> None:
+    """Delete the oldest checkpoints beyond `limit` by the Trainer's rule (transformers'
+    `rotate_checkpoints`: its order, the newest and the best kept), each renamed to a partial
+    name before it is deleted: a kill during a deletion leaves a partial folder (removed by the
+    next save), never a `checkpoint-N` with some of its files gone."""
+    from transformers.trainer_utils import sort_checkpoints
+
+    if limit is None or limit <= 0:
+        return
+    found = sort_checkpoints(str(run_dir), use_mtime=True)  # oldest first, as the Trainer sorts them
+    if len(found) <= limit:
+        return
+    protected = {found[-1]}  # the newest, to resume from
+    if best is not None:
+        protected.add(str(Path(best)))
+    surplus = len(found) - max(limit, len(protected))
+    for path in [p for p in found if p not in protected][: max(surplus, 0)]:
+        doomed = Path(path).with_name(f"{PARTIAL}removed-{Path(path).name}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def _release(err: BaseException) -> None:

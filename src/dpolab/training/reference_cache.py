@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from dpolab.data.io import write_bytes_atomic
-from dpolab.errors import DpolabError
 
 log = logging.getLogger("dpolab")
 
@@ -125,7 +124,8 @@ def read_cache_entry(path: Path, shape: tuple[int, ...] | None = None) -> torch.
         else:
             return entry["logps"]
     except Exception as err:  # a torn file fails in torch's zip reader, in one of several ways
-        problem = f"unreadable, cut short or damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]  # its first sentence
+        problem = f"unreadable, cut short or damaged ({reason})"
     log.warning("reference log-probs: the cache entry %s is %s; computing them again", path, problem)
     return None
 
@@ -135,12 +135,11 @@ def write_cache_entry(path: Path, values: torch.Tensor) -> None:
     ends in one line naming the entry and its size, and leaves the other entries as they were."""
     buffer = io.BytesIO()
     torch.save({"logps": values, "sha256": _digest(values)}, buffer)
-    try:
-        write_bytes_atomic(path, buffer.getvalue())
-    except DpolabError as err:
-        raise DpolabError(
-            f"{err}; the cache's other entries are kept (reference.cache_dir moves it)"
-        ) from None
+    write_bytes_atomic(
+        path,
+        buffer.getvalue(),
+        then="the cache's other entries are kept (reference.cache_dir moves the cache)",
+    )
 
 
 def cached_reference_logps(

@@ -55,6 +55,7 @@ class PreparedRun:
     output_dir: Path
     resume: str | None
     first_process: bool
+    resume_step: int = 0  # the step `resume` holds (read before training: rotation may delete it)
 
 
 def _log_data(prepared: PreparedData, output_dir: Path, first_process: bool) -> None:
@@ -141,6 +142,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE) -> PreparedRun:
         output_dir=output_dir,
         resume=resume,
         first_process=first_process,
+        resume_step=resumed_step(resume),
     )
 
 
@@ -232,7 +234,7 @@ def summarise(prepared: PreparedRun, trainer, result) -> dict[str, Any]:
     data, state = prepared.data, trainer.state
     train_loss, train_loss_from = whole_run_train_loss(
         state.log_history,
-        start=resumed_step(prepared.resume),
+        start=prepared.resume_step,
         end=state.global_step,
         session_loss=result.training_loss,
     )

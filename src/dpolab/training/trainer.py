@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dpolab.modeling.collate import batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.objectives.metrics import ObjectiveOutput
-from dpolab.training.checkpoints import TRAINER_STATE, checkpoint_full_error, staged_save
+from dpolab.training.checkpoints import TRAINER_STATE, checkpoint_full_error, rotate_checkpoints, staged_save
 
 
 class MetricSums:
@@ -178,9 +178,4 @@ class DpolabTrainer(Trainer):
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staging / TRAINER_STATE))
         if writer:
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,  # as the Trainer rotates
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
