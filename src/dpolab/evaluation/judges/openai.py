@@ -237,7 +237,7 @@ class OpenAIJudge(Judge):
             pending = {pool.submit(task, i, r): i for i, r in enumerate(requests)}
             try:
                 while pending:
-                    # each result as it comes (FIRST_COMPLETED would wait for all of them, and a
+                    # each result as it comes (FIRST_EXCEPTION would wait for all of them, and a
                     # kill before the end would lose every judgement made until then)
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
