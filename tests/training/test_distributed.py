@@ -25,6 +25,7 @@ import torch
 
 from dpolab.testing import tiny_model
 from dpolab.training import config_from_dict, run
+from dpolab.training.reference_cache import read_cache_entry
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -112,7 +113,7 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     # the same keys (same model, pairs, layers), one entry for the train pairs and one for eval
     assert [p.name for p in two_caches] == [p.name for p in one_caches] and len(one_caches) == 2
     for two_cache, one_cache in zip(two_caches, one_caches):
-        two_values, one_values = torch.load(two_cache), torch.load(one_cache)
+        two_values, one_values = read_cache_entry(two_cache), read_cache_entry(one_cache)
         assert two_values.shape in ((len(ROWS), 2, 2), (7, 2, 2))  # pairs, layers [2, 4], [chosen, rejected]
         torch.testing.assert_close(two_values, one_values, rtol=0, atol=1e-6)
 

@@ -169,12 +169,16 @@ def test_resume_with_no_checkpoint_fails_before_models_load(tmp_path, tokenizer,
 
 
 def test_resume_true_takes_the_last_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
     from dpolab.training.checkpoints import resume_target
 
     values = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"}}
     values["training"] = {"output_dir": str(tmp_path), "resume_from_checkpoint": True}
     for name in ("checkpoint-2", "checkpoint-10", "checkpoint-x"):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text('{"global_step": 1}')
+        save_file({"w": torch.zeros(2)}, tmp_path / name / "model.safetensors")
     assert resume_target(config_from_dict(values)) == str(tmp_path / "checkpoint-10")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from dpolab.config.schema import MOVED_KEYS, SECTIONS, RunConfig
+from dpolab.data.io import write_text_atomic
 from dpolab.errors import DpolabError
 
 
@@ -231,5 +232,4 @@ def read_config(
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

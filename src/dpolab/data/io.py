@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dpolab.errors import DpolabError
+from dpolab.storage import disk_full_error, is_disk_full
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -212,13 +213,30 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(tmp))
 
 
+class _OutputFailed(Exception):
+    """An `OSError` of the output itself, carried out of the `with` block to be reported once the
+    temporary is gone (so that the free space it names is what the disk really has)."""
+
+    def __init__(self, err: OSError, written: int, complete: bool):
+        self.err, self.written, self.complete = err, written, complete
+
+
 @contextmanager
-def _atomic_output(path: str | os.PathLike) -> Iterator[Callable[[str], None]]:
-    """`write(text)` into a temporary file next to `path`, renamed onto `path` when the block
-    ends; on any exception the temporary is removed and an existing `path` is left as it was.
+def _atomic_output(
+    path: str | os.PathLike,
+    *,
+    binary: bool = False,
+    total: int | None = None,
+    then: str = "the file was left as it was",
+) -> Iterator[Callable[[Any], None]]:
+    """`write(text)` (bytes if `binary`) into a temporary file next to `path`, flushed to the disk
+    (fsync) and renamed onto `path` when the block ends; on any exception the temporary is removed
+    and an existing `path` is left as it was.
 
     An `OSError` of the output itself (its folder, the writes, the rename) becomes a `DpolabError`
-    naming `path`; an exception of the block's own (reading the input, say) passes unchanged.
+    naming `path` (for a full disk: the space the file needs, `total` bytes when the caller knows
+    it, and the space free; `then` ends that message); an exception of the block's own (reading
+    the input, say) passes unchanged.
     """
     path = Path(path)
     if path.is_dir():
@@ -228,26 +246,35 @@ def _atomic_output(path: str | os.PathLike) -> Iterator[Callable[[str], None]]:
         fd, tmp = _create_temporary(path)
     except OSError as err:
         raise output_error(path, err) from None
-    handle = os.fdopen(fd, "w", encoding="utf-8")
+    handle = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
+    written = 0  # bytes handed to `write`: what the file needs
 
-    def write(text: str) -> None:
+    def write(data) -> None:
+        nonlocal written
+        written += len(data) if binary else len(data.encode("utf-8"))
         try:
-            handle.write(text)
+            handle.write(data)
         except OSError as err:
-            raise output_error(path, err) from None
+            raise _OutputFailed(err, written, complete=written == total) from None
 
     try:
         yield write
         try:
-            handle.close()  # flushes: a full disk shows here
+            handle.flush()  # a full disk shows here
+            os.fsync(handle.fileno())  # on the disk before it takes the name
+            handle.close()
             os.replace(tmp, path)
         except OSError as err:
-            raise output_error(path, err) from None
-    except BaseException:
+            raise _OutputFailed(err, written, complete=True) from None
+    except BaseException as exc:
         with suppress(OSError):
             handle.close()
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, _OutputFailed):
+            if is_disk_full(exc.err):
+                raise disk_full_error(path, exc.written, at_least=not exc.complete, then=then) from None
+            raise output_error(path, exc.err) from None
         raise
 
 
@@ -266,6 +293,18 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write one JSON document atomically (temporary file + rename), as `write_jsonl_atomic` does."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    with _atomic_output(path) as write:
-        write(text)
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary file + fsync + rename), as `write_jsonl_atomic` does."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(
+    path: str | os.PathLike, data: bytes, *, then: str = "the file was left as it was"
+) -> None:
+    """Write a binary file atomically (temporary file + fsync + rename), as `write_jsonl_atomic` does;
+    `then` ends the message of a full disk."""
+    with _atomic_output(path, binary=True, total=len(data), then=then) as write:
+        write(data)

@@ -11,8 +11,9 @@ Defaults are the papers' (Intermediate DPO, Table 1 and §4): temperature 0.3, r
   (`prompt_text`: a single user message is its content, a conversation `role: content` turns)
   and tokenised as text: for a base model asked with conversational prompt files.
 
-Resuming: every batch is appended to the output as soon as it is done, so an interrupted run
-leaves whole batches behind (a half-written last line is cut off on the next start). A new run
+Resuming: every batch is appended to the output as soon as it is done (flushed to the disk), so
+an interrupted run leaves whole batches behind (a half-written last line is cut off on the next
+start); on a full disk the batch is cut back off and the run stops with one line. A new run
 on the same output skips the prompts already answered, after checking that they are the same
 prompts with the same settings. Batch b (prompts b·n .. b·n + n − 1) is always sampled with the
 seed `seed + b·n`, so a resumed run writes what an uninterrupted one would have.
@@ -32,6 +33,7 @@ from dpolab.data.io import write_jsonl_atomic
 from dpolab.data.tokenize import _ids as text_or_chat_ids
 from dpolab.errors import DpolabError, where
 from dpolab.evaluation.answer_files import PromptRow, prompt_key, prompt_text
+from dpolab.storage import append_text
 
 CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 
@@ -256,33 +258,37 @@ def generate_answers(
         existing = [r for r in existing if r["index"] in whole]
         write_jsonl_atomic(path, existing)
         done = whole
-    path.parent.mkdir(parents=True, exist_ok=True)
     n, generated = settings.batch_size, 0
-    with path.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(prompts), n):
-            todo = [p for p in prompts[start : start + n] if p.index not in done]
-            if not todo:
-                continue
-            completions = generate_batch(
-                model, tokenizer, [p.prompt for p in todo], settings, seed=settings.seed + start
-            )
-            for p, completion in zip(todo, completions):
-                record = {
-                    **p.extra,
-                    "index": p.index,
-                    "row": p.row,
-                    "prompt": p.prompt,
-                    "completion": completion,
-                    "model": model_name,
-                    "generation": settings.recorded(),
-                }
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                existing.append(record)
-            handle.flush()
-            os.fsync(handle.fileno())
-            generated += len(todo)
-            if on_batch is not None:
-                on_batch(len(done) + generated, len(prompts))
+    for start in range(0, len(prompts), n):
+        todo = [p for p in prompts[start : start + n] if p.index not in done]
+        if not todo:
+            continue
+        completions = generate_batch(
+            model, tokenizer, [p.prompt for p in todo], settings, seed=settings.seed + start
+        )
+        records = [
+            {
+                **p.extra,
+                "index": p.index,
+                "row": p.row,
+                "prompt": p.prompt,
+                "completion": completion,
+                "model": model_name,
+                "generation": settings.recorded(),
+            }
+            for p, completion in zip(todo, completions)
+        ]
+        append_text(  # the batch whole or not at all, on the disk before the next one starts
+            path,
+            "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records),
+            sync=True,
+            what="the next batch of answers",
+            then="the answers before it are kept: free some space and run the same command again to continue",
+        )
+        existing.extend(records)
+        generated += len(todo)
+        if on_batch is not None:
+            on_batch(len(done) + generated, len(prompts))
     indices = [r["index"] for r in existing]
     if indices != sorted(indices):
         write_jsonl_atomic(path, sorted(existing, key=lambda r: r["index"]))

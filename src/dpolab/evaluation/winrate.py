@@ -27,6 +27,7 @@ from dpolab.errors import DpolabError, where
 from dpolab.evaluation.answer_files import Answer, check_aligned, messages_text, prompt_text
 from dpolab.evaluation.judges import Judge, JudgeError, Judgement, JudgeRequest
 from dpolab.evaluation.results import format_table, result_header
+from dpolab.storage import append_text
 
 OUTCOMES = ("win", "loss", "tie", "unparsed")
 _SHOWN_FIRST = {"first": "A", "second": "B", "tie": "tie"}  # verdict of the A-first order -> winner
@@ -124,7 +125,9 @@ def judgement_key(judge_id: str, request: JudgeRequest) -> str:
 
 
 class JudgementCache:
-    """Judgements in a JSONL file, one per line, appended (and flushed) as each one arrives."""
+    """Judgements in a JSONL file, one per line, appended as each one arrives, whole or not at all
+    (`append_text`: a full disk stops the run with one line, the file keeps what it held; a line
+    torn by a kill is dropped when the file is read)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -165,9 +168,12 @@ class JudgementCache:
             "raw": judgement.raw,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        append_text(
+            self.path,
+            json.dumps(entry, ensure_ascii=False) + "\n",
+            what="the next judgement",
+            then="the judgements before it are kept: free some space and run the same command again to continue",
+        )
         self.entries[key] = entry
 
 

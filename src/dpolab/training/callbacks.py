@@ -11,7 +11,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from dpolab.data.io import write_text_atomic
 from dpolab.errors import DpolabError
+from dpolab.storage import append_text
 
 log = logging.getLogger("dpolab")
 
@@ -57,7 +59,8 @@ class MetricsJsonlCallback(TrainerCallback):
     """Appends one JSON object per logging or evaluation step to OUTPUT_DIR/metrics.jsonl, with
     `step` and `split` (train / eval); eval keys lose their `eval_` prefix. On resume, lines from
     steps after the checkpoint (written by the interrupted run), and a last line torn by the kill,
-    are dropped first."""
+    are dropped first (the file rewritten atomically). A line is appended whole or not at all: on a
+    full disk the run stops with one line, and the file keeps the lines before it."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / "metrics.jsonl"
@@ -70,7 +73,7 @@ class MetricsJsonlCallback(TrainerCallback):
         )
         if torn:
             log.warning("%s: dropped its last line, cut off when the run was killed", self.path)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -84,9 +87,13 @@ class MetricsJsonlCallback(TrainerCallback):
                 continue
             name = key[len("eval_") :] if split == "eval" and key.startswith("eval_") else key
             record[name] = _clean(value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(
+            self.path,
+            json.dumps(record) + "\n",
+            what=f"the line of step {state.global_step}",
+            then="the lines before it are kept: free some space, then resume with "
+            "training.resume_from_checkpoint=true",
+        )
 
 
 class LiveProgressCallback(ProgressCallback):

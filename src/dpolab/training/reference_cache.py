@@ -2,13 +2,15 @@
 
 The key covers everything the values depend on: the reference weights
 (`dpolab.modeling.fingerprint`), every pair's token ids, the layers, the final norm, the dtype and
-LD-DPO's α (the sums it weighs).
+LD-DPO's α (the sums it weighs). An entry is written atomically with a checksum of its values and
+checked when read: a torn or damaged entry is computed again (with a warning), never used.
 Under several processes each computes a share of the batches and all receive the whole result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dpolab.data.io import write_bytes_atomic
 
 log = logging.getLogger("dpolab")
 
@@ -98,30 +102,67 @@ def compute_reference_logps(
     return torch.cat([mine[index] for index in range(len(starts))])
 
 
-def cached_reference_logps(key: str, cache_dir: Path, compute) -> torch.Tensor:
-    """Load the cached tensor for `key`, or compute it and store it atomically.
+def _digest(values: torch.Tensor) -> str:
+    return hashlib.sha256(values.contiguous().numpy().tobytes()).hexdigest()
+
+
+def read_cache_entry(path: Path, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+    """The log-probs a cache entry holds, verified: None when there is no entry, or when it is torn
+    or damaged (cut short by a kill or a full disk, its checksum wrong, another shape than `shape`
+    expects, or written by an older dpolab without a checksum); such an entry is never used, and a
+    warning names it and why."""
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(path, weights_only=True)
+        if not isinstance(entry, dict) or not isinstance(entry.get("logps"), torch.Tensor):
+            problem = "not an entry of this dpolab version (no checksum)"
+        elif entry.get("sha256") != _digest(entry["logps"]):
+            problem = "damaged (its checksum does not match its values)"
+        elif shape is not None and tuple(entry["logps"].shape) != tuple(shape):
+            problem = f"of another shape ({tuple(entry['logps'].shape)}, expected {tuple(shape)})"
+        else:
+            return entry["logps"]
+    except Exception as err:  # a torn file fails in torch's zip reader, in one of several ways
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]  # its first sentence
+        problem = f"unreadable, cut short or damaged ({reason})"
+    log.warning("reference log-probs: the cache entry %s is %s; computing them again", path, problem)
+    return None
+
+
+def write_cache_entry(path: Path, values: torch.Tensor) -> None:
+    """Store log-probs with their checksum, atomically (temporary file, fsync, rename); a full disk
+    ends in one line naming the entry and its size, and leaves the other entries as they were."""
+    buffer = io.BytesIO()
+    torch.save({"logps": values, "sha256": _digest(values)}, buffer)
+    write_bytes_atomic(
+        path,
+        buffer.getvalue(),
+        then="the cache's other entries are kept (reference.cache_dir moves the cache)",
+    )
+
+
+def cached_reference_logps(
+    key: str, cache_dir: Path, compute, *, shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Load the cached tensor for `key` (checked: `read_cache_entry`), or compute it and store it
+    atomically (`write_cache_entry`). `shape`: what the entry must hold.
 
     Under several processes the first decides whether the cache holds the values and shares
     what it read (so a cache folder that only it can see still serves all); otherwise all of them
     take part in `compute` and the first stores the result."""
     rank, world = _distributed()
     path = cache_dir / f"{key}.pt"
-    found = [path.exists() if rank == 0 else None]
+    found = [read_cache_entry(path, shape) if rank == 0 else None]
     if world > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(found, src=0)
-    if found[0]:
-        values = [torch.load(path) if rank == 0 else None]
-        if world > 1:
-            dist.broadcast_object_list(values, src=0)
+    if found[0] is not None:
         log.info("reference log-probs: using the cache %s", path)
-        return values[0]
+        return found[0]
     values = compute()
     if rank == 0:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(values, tmp)
-        os.replace(tmp, path)
+        write_cache_entry(path, values)
         log.info("reference log-probs: cached in %s", path)
     return values

@@ -170,7 +170,7 @@ def build_reference(
             return values
 
         # every process computes a share of the batches (dpolab.training.reference_cache); the first caches them
-        values = cached_reference_logps(key, cache_dir, compute)
+        values = cached_reference_logps(key, cache_dir, compute, shape=(len(pairs), len(layers), 2))
         if values.shape[0] != len(pairs):
             raise RuntimeError(
                 f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}"

@@ -23,7 +23,13 @@ from dpolab.config.schema import RunConfig
 from dpolab.data.io import write_json_atomic
 from dpolab.data.prepare import PreparedData, prepare_data
 from dpolab.errors import DpolabError
-from dpolab.training.checkpoints import last_checkpoint_before, resume_target, resumed_step
+from dpolab.training.checkpoints import (
+    final_model_full_error,
+    last_checkpoint_before,
+    resume_target,
+    resumed_step,
+    staged_save,
+)
 from dpolab.training.policy import GivenModels
 from dpolab.training.stages import PREFERENCE, Stage
 
@@ -50,6 +56,7 @@ class PreparedRun:
     output_dir: Path
     resume: str | None
     first_process: bool
+    resume_step: int = 0  # the step `resume` holds (read before training: rotation may delete it)
 
 
 def _log_data(prepared: PreparedData, output_dir: Path, first_process: bool) -> None:
@@ -159,6 +166,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
         output_dir=output_dir,
         resume=resume,
         first_process=first_process,
+        resume_step=resumed_step(resume),
     )
 
 
@@ -199,7 +207,9 @@ def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
 
 def train_and_save(prepared: PreparedRun, trainer):
     """`trainer.train()` (from the checkpoint the config resumes from), then the model saved in
-    OUTPUT_DIR; a run whose loss went non-finite stops with the last good checkpoint named."""
+    OUTPUT_DIR (written whole in a partial folder first, then moved in: a kill or a full disk
+    leaves what was there); a run whose loss went non-finite stops with the last good checkpoint
+    named."""
     result = trainer.train(resume_from_checkpoint=prepared.resume)
     bad_step = trainer.nonfinite.bad_step
     if bad_step is not None:
@@ -209,7 +219,15 @@ def train_and_save(prepared: PreparedRun, trainer):
             f"the loss became non-finite at step {bad_step}; training stopped and the model "
             f"was not saved; {last} (lower training.learning_rate, or check the data)"
         )
-    trainer.save_model(str(prepared.output_dir))
+    output_dir = prepared.output_dir
+    with staged_save(
+        output_dir,
+        into=True,
+        writer=trainer.args.should_save,
+        wait=trainer.accelerator.wait_for_everyone,
+        full_error=lambda written: final_model_full_error(output_dir, written, trainer.model),
+    ) as staging:
+        trainer.save_model(str(staging))
     return result
 
 
@@ -226,7 +244,7 @@ def whole_run_train_loss(log_history: list[dict[str, Any]], *, start: int, end: 
     logged = sorted(
         (entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and entry["step"] <= start
     )
-    if not logged or logged[-1][0] != start or end <= start:
+    if not logged or logged[-1][0] != start or end < start:
         return session_loss, start + 1
     total, previous = 0.0, 0
     for step, loss in logged:
@@ -240,7 +258,7 @@ def summarise(prepared: PreparedRun, trainer, result) -> dict[str, Any]:
     data, state = prepared.data, trainer.state
     train_loss, train_loss_from = whole_run_train_loss(
         state.log_history,
-        start=resumed_step(prepared.resume),
+        start=prepared.resume_step,
         end=state.global_step,
         session_loss=result.training_loss,
     )

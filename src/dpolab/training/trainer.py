@@ -12,20 +12,25 @@ this subclass only computes the loss of a batch and hands its per-pair metrics t
     └── prediction_step()                per-pair [loss, weight, metrics...] as the "predictions",
                                          gathered over processes without the repeated samples
     compute_metrics()                    their means: eval_loss, eval_rewards/accuracies, ...
+    _save_checkpoint()                   (transformers) written in a partial folder, renamed into place
+                                         whole (training/checkpoints.py), then old ones rotated out
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dpolab.modeling.collate import batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.objectives.metrics import ObjectiveOutput
+from dpolab.training.checkpoints import TRAINER_STATE, checkpoint_full_error, rotate_checkpoints, staged_save
 
 
 class MetricSums:
@@ -90,6 +95,8 @@ class DpolabTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         # the first step at which the loss was not finite (-1: none), kept on the device
         self.nonfinite_step = torch.tensor(-1)
+        # while a checkpoint is saved: the partial folder the Trainer writes it in (_save_checkpoint)
+        self._partial_dir: Path | None = None
 
     def _objective_output(self, model, inputs: dict[str, Any]) -> ObjectiveOutput:
         policy = layer_logprobs(
@@ -141,3 +148,34 @@ class DpolabTrainer(Trainer):
         if "loss" in logs:  # a training log: add the means of the metrics since the last one
             logs = {**logs, **self._train_metrics.reduce(self.accelerator)}
         super().log(logs, start_time)
+
+    def _get_output_dir(self, trial) -> str:
+        if self._partial_dir is not None:  # saving a checkpoint: the Trainer writes it there
+            return str(self._partial_dir)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint (weights, optimizer, scheduler, RNG states, trainer state), written
+        whole or not at all: the Trainer writes it in `.partial-checkpoint-N/checkpoint-N`, which is
+        renamed `checkpoint-N` once every file is on the disk (`staged_save`); only then are older
+        checkpoints rotated out (`save_total_limit`), so the last complete one is never deleted
+        before the new one is complete. A full disk ends in one line (`checkpoint_full_error`)."""
+        run_dir = Path(self._get_output_dir(trial))
+        final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        writer = self.args.should_save
+        with staged_save(
+            final,
+            writer=writer,
+            wait=self.accelerator.wait_for_everyone,
+            full_error=lambda written: checkpoint_full_error(final, written, self.model),
+        ) as staging:
+            self._partial_dir = staging.parent
+            try:
+                super()._save_checkpoint(model, trial)  # its rotation sees only the partial folder
+            finally:
+                self._partial_dir = None
+            if writer and self.state.best_model_checkpoint == str(staging):  # the best is this one
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staging / TRAINER_STATE))
+        if writer:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx2
 
@@ -237,7 +237,9 @@ class OpenAIJudge(Judge):
             pending = {pool.submit(task, i, r): i for i, r in enumerate(requests)}
             try:
                 while pending:
-                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                    # each result as it comes (FIRST_EXCEPTION would wait for all of them, and a
+                    # kill before the end would lose every judgement made until then)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         index = pending.pop(future)
                         if future.cancelled():
