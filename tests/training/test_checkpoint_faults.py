@@ -38,7 +38,7 @@ def train_file(tmp_path_factory):
 
 
 def values(out, model_dir, train, **training):
-    """A small run: 4 steps, a checkpoint every step, logging every step."""
+    """A small run: 4 steps, a checkpoint every step (all kept), logging every step."""
     return {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(train), "max_length": 32, "max_prompt_length": 16},
@@ -48,6 +48,7 @@ def values(out, model_dir, train, **training):
             "logging_steps": 1,
             "save_strategy": "steps",
             "save_steps": 1,
+            "save_total_limit": None,  # every checkpoint kept (the default keeps the last 2)
             "per_device_train_batch_size": 2,
             "learning_rate": 5e-3,
             "seed": 3,
