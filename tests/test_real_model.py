@@ -17,12 +17,10 @@ import pytest
 from dpolab.real_model import FOLDER_NAME, GGUF_NAME, PACKAGE, RealModelUnavailable, fetch_gguf
 from dpolab.testing import build_tokenizer, tiny_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "modeling"))
-
 
 def test_two_processes_at_once_convert_once(tmp_path):
     pytest.importorskip("gguf")
-    from gguf_writer import write_tiny_gguf
+    from dpolab.testing_gguf import write_tiny_gguf
 
     tokenizer = build_tokenizer()
     model = tiny_model("llama", vocab_size=len(tokenizer) + 1, hidden_size=64, num_layers=2)

@@ -2,7 +2,7 @@
 was written from, says so once, and everything dpolab saves from it is in Hugging Face format;
 the caches key the file by its contents; a missing `gguf` package is one line saying what to install.
 
-The GGUF files are written here from a tiny Llama (`gguf_writer`, llama.cpp's layout)."""
+The GGUF files are written here from a tiny Llama (`dpolab.testing_gguf`, llama.cpp's layout)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dpolab.modeling.loading import load_causal_lm, load_for_inference, load_mod
 from dpolab.testing import build_tokenizer, tiny_model
 
 pytest.importorskip("gguf")
-from gguf_writer import write_tiny_gguf
+from dpolab.testing_gguf import write_tiny_gguf
 
 IDS = torch.tensor([[5, 40, 77, 120, 9, 200, 31]])
 

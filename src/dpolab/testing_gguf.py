@@ -1,6 +1,7 @@
-"""A tiny Llama and its byte-level BPE tokenizer written as a GGUF file with the `gguf` package,
-the way llama.cpp's `convert_hf_to_gguf.py` writes a Llama (its q/k permutation, its tensor and
-metadata names), so that the tests read a real GGUF file without downloading one."""
+"""For the tests (beside `dpolab.testing`): a tiny Llama and its byte-level BPE tokenizer written as
+a GGUF file with the `gguf` package, the way llama.cpp's `convert_hf_to_gguf.py` writes a Llama
+(its q/k permutation, its tensor and metadata names), so that the tests read a real GGUF file
+without downloading one."""
 
 from __future__ import annotations
 
