@@ -135,3 +135,18 @@ def test_quick_demo_on_a_pretrained_gguf_model(tmp_path, tokenizer):
     check_practice(out, summary, run="dpo-low", steps=[2, 4], problems=4, models=["base", "sft"])
     assert "docstrings of the Python" in summary["practice"]["forgetting"]["text"]
     assert "a pretrained model" in (out / "report.md").read_text()
+
+
+def test_a_pretrained_model_without_a_chat_template_is_one_line(tmp_path, capsys):
+    from dpolab.testing import build_tokenizer, tiny_model
+
+    tokenizer = build_tokenizer(chat_template=False)
+    folder = tmp_path / "base"
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert main(["demo", "--quick", "--model", str(folder), "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(
+        f"--model {folder}: its tokenizer has no chat template; the demo on a pretrained model renders the "
+        "problems as conversations (give an instruct model)"
+    )

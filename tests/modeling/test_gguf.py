@@ -86,9 +86,12 @@ def test_without_the_gguf_package_one_line_says_what_to_install(written, tmp_pat
     assert err.endswith("is a GGUF file; reading it needs the gguf package: pip install 'dpolab[gguf]'")
 
 
-def test_a_missing_gguf_file_is_one_line(tmp_path):
+def test_a_missing_gguf_file_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DpolabError, match=r"model '.*nothere.gguf': no such file"):
         load_causal_lm(str(tmp_path / "nothere.gguf"))
+    monkeypatch.chdir(tmp_path)  # a bare file name, read from the current directory
+    with pytest.raises(DpolabError, match=r"^tokenizer 'model.gguf': no such file$"):
+        load_tokenizer("model.gguf")
     (tmp_path / "folder.gguf").mkdir()
     with pytest.raises(DpolabError, match=r"folder.gguf': not a file \(a GGUF model is one .gguf file\)"):
         load_model_config(str(tmp_path / "folder.gguf"))

@@ -285,7 +285,7 @@ def run_demo(
 
     task = stage(1, "task", stage_task, out, settings)
     base = stage(2, "model", stage_model, out, settings, task, model)
-    settings = with_model_layers(settings, base["num_layers"])
+    settings = with_model_layers(settings, base.get("num_layers", settings.model.num_layers))
     sft = stage(3, "sft", stage_sft, out, settings, task, base)
     trained = stage(4, "train", stage_train, out, settings, task, sft)
     swept = stage(5, "sweep", stage_sweep, out, settings, task, sft, trained)

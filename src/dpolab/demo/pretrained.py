@@ -48,15 +48,15 @@ def pretrained_model(out: Path, model: str) -> dict[str, Any]:
     from dpolab.modeling.anatomy import num_layers_of
     from dpolab.modeling.loading import gguf_path, load_causal_lm, load_tokenizer
 
-    loaded = load_causal_lm(model)
     tokenizer = load_tokenizer(model)
-    if not getattr(tokenizer, "chat_template", None):
+    if not getattr(tokenizer, "chat_template", None):  # said before the weights load
         from dpolab.errors import DpolabError
 
         raise DpolabError(
             f"--model {model}: its tokenizer has no chat template; the demo on a pretrained model "
             f"renders the problems as conversations (give an instruct model)"
         )
+    loaded = load_causal_lm(model)
     path = str(model)
     if gguf_path(model) is not None:
         path = str(out / "base-model")

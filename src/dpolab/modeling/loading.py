@@ -91,7 +91,8 @@ def _load(what: str, name: str, loader, **kwargs):
     gguf = gguf_path(name)
     if gguf is not None:
         if not gguf.is_file():
-            raise DpolabError(f"{what} {name!r}: not a file (a GGUF model is one .gguf file)")
+            why = "not a file (a GGUF model is one .gguf file)" if gguf.exists() else "no such file"
+            raise DpolabError(f"{what} {name!r}: {why}")
         _require_gguf(name)
         target, kwargs = str(gguf.parent), {**kwargs, "gguf_file": gguf.name}
     else:
