@@ -31,4 +31,5 @@ def missing_local_path(name: str) -> str | None:
         close = difflib.get_close_matches(os.path.basename(expanded), os.listdir(parent), n=1)
         if close:
             hint = f"; did you mean {os.path.join(os.path.dirname(name), close[0])!r}?"
-    return f"no such folder{hint} (a relative path is read from the current directory, {os.getcwd()})"
+    what = "file" if name.lower().endswith(".gguf") else "folder"
+    return f"no such {what}{hint} (a relative path is read from the current directory, {os.getcwd()})"

@@ -17,11 +17,7 @@ from docs_blocks import DOCS, PAGES, REPO
 PENDING = {
     "models.md",
     "data.md",
-    "training-faults.md",
-    "real-model.md",
     "performance.md",
-    "python-api.md",
-    "coming-from-trl-llamafactory.md",
 }
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,21 +255,30 @@ def test_harness_metrics_keep_both_gsm8k_filters_apart():
     assert clash == {"t": {"acc,none": 0.1, "acc,strict-match": 0.2}}
 
 
-def test_harness_bridge_passes_the_model_options(monkeypatch):
-    """`--harness` hands lm-eval's `hf` model the path, dtype (dpolab's `auto` resolved: fp32 on a
-    CPU) and add_bos_token, and reads its results back (a stand-in `lm_eval` module here)."""
-    import importlib.machinery
-    import sys
-    import types
+FIXTURES = Path(__file__).parent.parent / "data" / "fixtures"
 
-    calls = []
-    fake = types.ModuleType("lm_eval")
-    fake.__spec__ = importlib.machinery.ModuleSpec("lm_eval", None)
-    fake.simple_evaluate = lambda **kw: calls.append(kw) or {"results": {"arc_challenge": {"acc,none": 0.5}}}
-    monkeypatch.setitem(sys.modules, "lm_eval", fake)
-    result = run_harness("models/m", ["arc_challenge"], device="cpu", dtype="bfloat16", add_bos_token=True)
-    assert calls[0]["model"] == "hf" and calls[0]["device"] == "cpu"
-    assert calls[0]["model_args"] == "pretrained=models/m,dtype=bfloat16,add_bos_token=True"
-    assert result["backend"] == "lm-evaluation-harness" and result["tasks"] == {"arc_challenge": {"acc": 0.5}}
-    run_harness("models/m", ["arc_challenge"], device="cpu")
-    assert calls[1]["model_args"] == "pretrained=models/m,dtype=float32"
+
+def test_harness_runs_lm_eval_itself_on_local_files_and_agrees_per_document(tmp_path, model_dir, capsys):
+    """`dpolab eval tasks --harness --data TASK=FILE` runs lm-evaluation-harness (its own ARC and
+    HellaSwag configs, reading the local files) on the same documents dpolab scores itself: each
+    document's choice log-likelihoods, acc and acc_norm agree. The tiny tokenizer adds a BOS by
+    default; both leave it out (dpolab hands lm-eval add_bos_token=False, not its tokenizer default)."""
+    pytest.importorskip("lm_eval")
+    from dpolab.cli import main
+
+    data = ["--data", f"arc={FIXTURES / 'arc_challenge_train.jsonl'}"]
+    data += ["--data", f"hellaswag={FIXTURES / 'hellaswag_train.jsonl'}"]
+    common = ["eval", "tasks", "--model", str(model_dir), "--tasks", "arc,hellaswag", *data, "--limit", "3"]
+    assert main([*common, "--device", "cpu", "--output", str(tmp_path / "own.json")]) == 0
+    assert main([*common, "--device", "cpu", "--harness", "--output", str(tmp_path / "lm_eval.json")]) == 0
+    own = json.loads((tmp_path / "own.json").read_text())
+    theirs = json.loads((tmp_path / "lm_eval.json").read_text())
+    assert theirs["backend"] == "lm-evaluation-harness" and theirs["lm_eval"]
+    for task in ("arc", "hellaswag"):
+        ours, harness = own["tasks"][task]["samples"], theirs["tasks"][task]["samples"]
+        assert [s["doc_id"] for s in harness] == [0, 1, 2] and len(ours) == 3
+        for a, b in zip(ours, harness):
+            assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], rel=1e-4, abs=1e-4), task
+            assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"]), task
+        for metric in ("acc", "acc_norm"):
+            assert own["tasks"][task][metric] == pytest.approx(theirs["tasks"][task][metric]), (task, metric)

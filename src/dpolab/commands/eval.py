@@ -76,7 +76,12 @@ def register(subparsers) -> None:
     t.add_argument(
         "--add-bos-token", action="store_true", help="prepend BOS to contexts (lm-eval's add_bos_token)"
     )
-    t.add_argument("--harness", action="store_true", help="run the tasks with lm-evaluation-harness instead")
+    t.add_argument(
+        "--harness",
+        action="store_true",
+        help="run the tasks with lm-evaluation-harness instead: with --data, its own task configs on "
+        "the local files; without, lm-eval's task names and its own data",
+    )
     add_model_options(t)
     t.set_defaults(func=run_tasks)
 
@@ -163,6 +168,8 @@ def run_tasks(args: argparse.Namespace) -> int:
         result = run_harness(
             args.model,
             tasks,
+            data=_parse_data(args.data) if args.data else None,
+            max_new_tokens=args.max_new_tokens,
             limit=args.limit,
             batch_size=args.batch_size,
             device=args.device,

@@ -27,10 +27,21 @@ log = logging.getLogger("dpolab")
 REFERENCE = "sft"
 
 
-def _load(path: Path):
-    from transformers import AutoModelForCausalLM
+def load_model(path: Path):
+    """A model of the demo (a folder, or a LoRA adapter folder merged into its base), in eval mode."""
+    from dpolab.modeling.loading import load_causal_lm
 
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    return load_causal_lm(str(path)).eval()
+
+
+def test_prompts(data: dict[str, Path], settings: DemoSettings, limit: int | None = None):
+    """The test problems as prompts: text, or on a pretrained model a user message (its chat
+    template renders it as the pairs were rendered in training)."""
+    return load_prompts(data["test.chat" if settings.chat else "test.problems"], limit=limit)
+
+
+def eval_pairs_file(data: dict[str, Path], kind: str, settings: DemoSettings) -> Path:
+    return data[f"eval.{kind}.chat" if settings.chat else f"eval.{kind}"]
 
 
 def accuracy(answers_file: Path) -> float:
@@ -86,7 +97,8 @@ def evaluate_models(
         pairs_of: model name -> `low` or `high`, the pairs it was trained on.
     """
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
+
+    from dpolab.modeling.loading import load_tokenizer
 
     trained_names = [n for n in run_dirs if n != REFERENCE]
     comparisons = [(name, REFERENCE) for name in trained_names] + [
@@ -94,7 +106,7 @@ def evaluate_models(
         for a, b in (("idpo-low", "dpo-low"), ("dpop-low", "dpo-low"), ("dpop-high", "dpo-high"))
         if a in run_dirs and b in run_dirs
     ]
-    kinds = sorted({pairs_of[n] for n in trained_names})
+    kinds = sorted({pairs_of[n] for n in run_dirs})
     # one bar for the stage: per model its two generation passes and its log-probs, then the
     # layer analysis per kind of pairs, the token analysis and the pairwise comparisons
     bar = tqdm(total=3 * len(run_dirs) + len(kinds) + 1 + len(comparisons), desc="evaluate", unit="step")
@@ -104,14 +116,16 @@ def evaluate_models(
         bar.update()
 
     eval_dir = out / "eval"
-    tokenizer = AutoTokenizer.from_pretrained(run_dirs[REFERENCE])
+    tokenizer = load_tokenizer(str(run_dirs[REFERENCE]))
     pad = tokenizer.pad_token_id
-    prompts = load_prompts(data["test.problems"], limit=settings.test_problems)
+    prompts = test_prompts(data, settings, limit=settings.test_problems)
     pairs = {
-        kind: load_tokenized_pairs(data[f"eval.{kind}"], tokenizer, limit=settings.eval_pairs)
-        for kind in ("low", "high")
+        kind: load_tokenized_pairs(
+            eval_pairs_file(data, kind, settings), tokenizer, limit=settings.eval_pairs
+        )
+        for kind in kinds
     }
-    reference = _load(run_dirs[REFERENCE])
+    reference = load_model(run_dirs[REFERENCE])
     ref_chosen = {
         kind: pair_logprobs(reference, p, batch_size=32, pad_token_id=pad)[0][0] for kind, p in pairs.items()
     }
@@ -119,7 +133,7 @@ def evaluate_models(
     table: dict[str, dict[str, float]] = {}
     models = {}
     for name, folder in run_dirs.items():
-        model = reference if name == REFERENCE else _load(folder)
+        model = reference if name == REFERENCE else load_model(folder)
         models[name] = model
         log.info("evaluating %s", name)
         row = generate(model, tokenizer, name, prompts, eval_dir, settings, step)
@@ -149,7 +163,7 @@ def evaluate_models(
                 batch_size=32,
                 pad_token_id=pad,
                 reference_name=REFERENCE,
-                pairs_source=str(data[f"eval.{kind}"]),
+                pairs_source=str(eval_pairs_file(data, kind, settings)),
             )
             write_result(eval_dir / f"layers-{kind}.json", layers[kind])
             for name, curves in layers[kind]["models"].items():
@@ -164,7 +178,7 @@ def evaluate_models(
         reference_name=REFERENCE,
         batch_size=32,
         pad_token_id=pad,
-        pairs_source=str(data["eval.low"]),
+        pairs_source=str(eval_pairs_file(data, "low", settings)),
     )
     write_result(eval_dir / "tokens-low.json", tokens)
     step("token analysis")

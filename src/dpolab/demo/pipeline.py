@@ -1,10 +1,14 @@
 """`dpolab demo`: the whole pipeline in stages, each one reused when a previous run finished it.
 
     task      generate the problems and the preference pairs (data/)
-    model     build the tokenizer and a tiny Llama (base-model/)
+    model     build the tokenizer and a tiny Llama (base-model/); with --model, the pretrained
+              model given (a folder, or a GGUF file converted into base-model/)
     sft       `dpolab sft` on the correct solutions (runs/sft/)
     train     `dpolab train`: DPO, DPOP, intermediate DPO on low-edit pairs; DPO, DPOP on high (runs/*/)
-    evaluate  accuracy, log-prob changes, win/lose/tie, layer-wise and token-level analyses (eval/)
+              (a pretrained model: the three low-edit runs, with LoRA adapters)
+    sweep     `dpolab sweep`: the DPO run again at the other β of the practitioner study (runs/beta-sweep/)
+    evaluate  accuracy, log-prob changes, win/lose/tie, layer-wise and token-level analyses; the
+              practitioner study's forgetting per β and win rate per checkpoint (eval/)
     report    report.html, report.md, plots/, summary.json
 
 A stage writes its marker (`.stages/<stage>.json`) only after its outputs are complete, so an
@@ -24,11 +28,11 @@ from typing import Any
 import yaml
 
 from dpolab.data.io import write_json_atomic
-from dpolab.demo.settings import DemoSettings, settings_for
+from dpolab.demo.settings import DemoSettings, settings_for, with_model_layers
 
 log = logging.getLogger("dpolab")
 
-STAGES = ("task", "model", "sft", "train", "evaluate", "report")
+STAGES = ("task", "model", "sft", "train", "sweep", "evaluate", "report")
 
 
 class Stages:
@@ -54,6 +58,10 @@ def stage_task(out: Path, settings: DemoSettings) -> dict[str, Any]:
 
     splits = make_splits(seed=settings.seed, sizes=settings.sizes, config=settings.task)
     paths = write_splits(out / "data", splits)
+    if settings.chat:
+        from dpolab.demo.pretrained import write_chat_files
+
+        paths.update(write_chat_files(out / "data", splits))
     stats = edit_distance_stats(splits["train"])
     return {
         "files": {k: str(v) for k, v in paths.items()},
@@ -63,17 +71,28 @@ def stage_task(out: Path, settings: DemoSettings) -> dict[str, Any]:
     }
 
 
-def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any]) -> dict[str, Any]:
+def pairs_file(files: dict[str, str], split: str, kind: str, settings: DemoSettings) -> str:
+    """The pair file a stage trains or evaluates on: the conversational one on a pretrained model."""
+    return files[f"{split}.{kind}.chat" if settings.chat else f"{split}.{kind}"]
+
+
+def stage_model(out: Path, settings: DemoSettings, task: dict[str, Any], model: str | None) -> dict[str, Any]:
     from dpolab.demo.model import num_parameters, save_model, size_dict
+
+    if model is not None:
+        from dpolab.demo.pretrained import pretrained_model
+
+        return pretrained_model(out, model)
     from dpolab.demo.tokenizer import build_demo_tokenizer
 
     tokenizer = build_demo_tokenizer()
-    model = save_model(out / "base-model", tokenizer, settings.model, seed=settings.seed)
+    built = save_model(out / "base-model", tokenizer, settings.model, seed=settings.seed)
     return {
         "path": str(out / "base-model"),
-        "parameters": num_parameters(model),
+        "parameters": num_parameters(built),
         "vocab": len(tokenizer),
         "size": size_dict(settings.model),
+        "num_layers": settings.model.num_layers,
     }
 
 
@@ -87,14 +106,15 @@ def _config(
     settings: DemoSettings,
     loss: dict[str, Any] | None = None,
     limit: int | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> Path:
     values: dict[str, Any] = {
-        "model": {"name_or_path": model},
+        "model": {"name_or_path": model, **({"lora": lora} if lora else {})},
         "data": {
             "train": train,
             "eval": eval_file,
-            "max_length": 128,
-            "max_prompt_length": 80,
+            "max_length": settings.max_length,
+            "max_prompt_length": settings.max_prompt_length,
             "limit": limit,
         },
         "training": {
@@ -128,29 +148,50 @@ def stage_sft(
     out: Path, settings: DemoSettings, task: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
     files = task["files"]
-    config = _config(out, "sft", model["path"], files["train.low"], files["eval.low"], settings.sft, settings)
+    train, eval_file = pairs_file(files, "train", "low", settings), pairs_file(files, "eval", "low", settings)
+    config = _config(out, "sft", model["path"], train, eval_file, settings.sft, settings)
     _run_cli("sft", config)
     return {"path": str(out / "runs" / "sft"), "config": str(config)}
+
+
+def checkpointed(settings: DemoSettings) -> dict[str, Any]:
+    """The first run's training settings: evaluated and saved (the model only) every
+    `checkpoint_every` steps, for the win rate at each checkpoint (nothing else in its training
+    changes: evaluation and saving draw no random numbers)."""
+    every = settings.checkpoint_every
+    return {
+        **settings.preference,
+        "eval_steps": every,
+        "save_strategy": "steps",
+        "save_steps": every,
+        "save_only_model": True,
+    }
+
+
+def _preference_config(out: Path, name: str, run, settings: DemoSettings, task, sft, training) -> Path:
+    files = task["files"]
+    return _config(
+        out,
+        name,
+        sft["path"],
+        pairs_file(files, "train", run.pairs, settings),
+        pairs_file(files, "eval", run.pairs, settings),
+        training,
+        settings,
+        loss=run.loss,
+        limit=settings.preference_pairs,
+        lora=settings.preference_lora,
+    )
 
 
 def stage_train(
     out: Path, settings: DemoSettings, task: dict[str, Any], sft: dict[str, Any]
 ) -> dict[str, Any]:
-    files = task["files"]
     runs = {}
     for n, run in enumerate(settings.runs, start=1):
         folder = out / "runs" / run.name
-        config = _config(
-            out,
-            run.name,
-            sft["path"],
-            files[f"train.{run.pairs}"],
-            files[f"eval.{run.pairs}"],
-            settings.preference,
-            settings,
-            loss=run.loss,
-            limit=settings.preference_pairs,
-        )
+        training = checkpointed(settings) if n == 1 else settings.preference
+        config = _preference_config(out, run.name, run, settings, task, sft, training)
         if (folder / "summary.json").exists():
             log.info("  %s already trained", run.name)
         else:
@@ -167,6 +208,32 @@ def stage_train(
     return {"runs": runs}
 
 
+def stage_sweep(
+    out: Path, settings: DemoSettings, task: dict[str, Any], sft: dict[str, Any], trained: dict[str, Any]
+) -> dict[str, Any]:
+    """The first run (DPO on low-edit pairs) at every β of `settings.betas` (the practitioner
+    study's forgetting against β): its own β is that run, reused; the others are a `dpolab sweep`
+    of `loss.beta` over a copy of its config (without its checkpoints) into runs/beta-sweep/, in
+    this process as every other stage."""
+    from dpolab.training.sweep import sweep
+
+    first = settings.runs[0]
+    own = float(first.loss["beta"])
+    others = [b for b in settings.betas if b != own]
+    folders = {own: trained["runs"][first.name]["path"]}
+    if others:
+        config = _preference_config(out, "beta-sweep", first, settings, task, sft, settings.preference)
+        swept = sweep(
+            str(config),
+            [f"loss.beta={','.join(map(str, others))}"],
+            out_dir=str(out / "runs" / "beta-sweep"),
+            report=False,
+            in_process=True,
+        )
+        folders.update({b: str(f) for b, f in zip(others, swept)})
+    return {"run": first.name, "betas": {str(b): folders[b] for b in sorted(folders)}}
+
+
 def run_demo(
     out: str | Path = "demo-out",
     *,
@@ -174,19 +241,22 @@ def run_demo(
     seed: int = 0,
     force: bool = False,
     command: str = "dpolab demo",
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or finish) the demo into `out`; returns the summary (also OUT/summary.json)."""
+    """Run (or finish) the demo into `out`; returns the summary (also OUT/summary.json). `model`:
+    a pretrained model (folder or GGUF file) instead of the tiny one the demo builds."""
     from dpolab.demo.evaluate import REFERENCE, evaluate_models
+    from dpolab.demo.practice import evaluate_practice
     from dpolab.demo.report import write_demo_report
 
     out = Path(out)
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings_for(quick=quick, seed=seed)
+    settings = settings_for(quick=quick, seed=seed, real=model is not None)
     stages = Stages(out)
     previous = stages.done("settings")
-    current = {"quick": quick, "seed": seed}
+    current = {"quick": quick, "seed": seed, **({"model": str(model)} if model is not None else {})}
     if previous is not None and previous != current:
         from dpolab.errors import DpolabError
 
@@ -214,14 +284,24 @@ def run_demo(
         return result
 
     task = stage(1, "task", stage_task, out, settings)
-    model = stage(2, "model", stage_model, out, settings, task)
-    sft = stage(3, "sft", stage_sft, out, settings, task, model)
+    base = stage(2, "model", stage_model, out, settings, task, model)
+    settings = with_model_layers(settings, base.get("num_layers", settings.model.num_layers))
+    sft = stage(3, "sft", stage_sft, out, settings, task, base)
     trained = stage(4, "train", stage_train, out, settings, task, sft)
+    swept = stage(5, "sweep", stage_sweep, out, settings, task, sft, trained)
 
     run_dirs = {REFERENCE: Path(sft["path"]), **{k: Path(v["path"]) for k, v in trained["runs"].items()}}
     pairs_of = {REFERENCE: "low", **{k: v["pairs"] for k, v in trained["runs"].items()}}
     files = {k: Path(v) for k, v in task["files"].items()}
-    results = stage(5, "evaluate", evaluate_models, out, run_dirs, files, settings, pairs_of)
+
+    def evaluate() -> dict[str, Any]:
+        results = evaluate_models(out, run_dirs, files, settings, pairs_of)
+        results["practice"] = evaluate_practice(
+            out, run_dirs, files, settings, swept, base=Path(base["path"]) if model is not None else None
+        )
+        return results
+
+    results = stage(6, "evaluate", evaluate)
     intermediate = next(
         (list(r.loss["intermediate"]["layers"]) for r in settings.runs if "intermediate" in r.loss), []
     )
@@ -237,10 +317,11 @@ def run_demo(
             intermediate_layers=intermediate,
             quick=quick,
             reused=bool(reused),
+            model=base if model is not None else None,
         )
         return {"findings": summary["findings"]}
 
-    stage(6, "report", report)
+    stage(7, "report", report)
     summary = json.loads((out / "summary.json").read_text())
     for finding in summary["findings"]:
         log.info("%s: %s", "shown" if finding["shown"] else "NOT shown", finding["text"])

@@ -10,6 +10,7 @@ from typing import Any
 from dpolab import __version__
 from dpolab.analysis.plots import new_figure, plot_layers, plot_tokens, save_figure
 from dpolab.data.io import write_json_atomic
+from dpolab.demo.practice import practice_blocks, practice_findings
 from dpolab.report.document import Heading, Image, Para, Table, to_html, to_markdown
 from dpolab.report.plots import draw_win_rate_intervals, plot_curves
 from dpolab.report.runs import load_run
@@ -118,6 +119,8 @@ def findings(results: dict[str, Any], intermediate_layers: list[int]) -> list[di
                 + _verdict(shown, final_ok or all(v > 0 for v in gains.values())),
             }
         )
+    if results.get("practice"):  # the practitioner study (dpolab.demo.practice)
+        out += practice_findings(results["practice"])
     return out
 
 
@@ -165,6 +168,22 @@ def _accuracy_blocks(results: dict[str, Any], plots: Path) -> list:
     return [Image(path, caption)]
 
 
+def _introduction(task: dict[str, Any], model: dict[str, Any] | None) -> str:
+    what = (
+        f"{model['source']} ({model['parameters'] / 1e6:.0f} M parameters, {model['num_layers']} layers), a "
+        f"pretrained model, on generated arithmetic problems rendered through its chat template: a short SFT on "
+        f"the correct solutions, then preference training (LoRA adapters, the Intermediate DPO paper's Table 1)"
+        if model
+        else "A tiny Llama trained on generated arithmetic problems: SFT on the correct solutions, then "
+        "preference training"
+    )
+    return (
+        f"{what} from the SFT model on pairs whose rejected solution has one intermediate result wrong (low edit "
+        f"distance, {100 * task['edit_distance']['low/mean']:.1f} % on average) or a wrong chain to a wrong answer "
+        f"(high, {100 * task['edit_distance']['high/mean']:.1f} %)."
+    )
+
+
 def write_demo_report(
     out: Path,
     results: dict[str, Any],
@@ -176,9 +195,11 @@ def write_demo_report(
     intermediate_layers: list[int],
     quick: bool = False,
     reused: bool = False,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write report.html, report.md, plots/ and summary.json under `out`; returns the summary.
-    `reused`: some stages were finished by an earlier run (their memory is not this process's)."""
+    `reused`: some stages were finished by an earlier run (their memory is not this process's);
+    `model`: the pretrained model's stage result (`dpolab demo --model`), None for the tiny one."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     found = findings(results, intermediate_layers)
@@ -186,19 +207,16 @@ def write_demo_report(
     blocks: list = [
         Heading(1, "dpolab demo"),
         Para(
-            f"{datetime.date.today().isoformat()}, dpolab {__version__}, `{command}`. A tiny Llama trained on "
-            f"generated arithmetic problems: SFT on the correct solutions, then preference training from the SFT "
-            f"model on pairs whose rejected solution has one intermediate result wrong (low edit distance, "
-            f"{100 * task['edit_distance']['low/mean']:.1f} % on average) or a wrong chain to a wrong answer (high, "
-            f"{100 * task['edit_distance']['high/mean']:.1f} %)."
+            f"{datetime.date.today().isoformat()}, dpolab {__version__}, `{command}`. {_introduction(task, model)}"
         ),
         Heading(2, "What it shows"),
     ]
     if quick:
         blocks.append(
             Para(
-                "This is a --quick run: every stage runs, but the model is too small and trained too "
-                "briefly for the findings below to mean anything. Run `dpolab demo` for the real thing."
+                "This is a --quick run: every stage runs, but the model is trained too briefly (and, "
+                "unless pretrained, is too small) for the findings below to mean anything. Run the same "
+                "command without --quick for the real thing."
             )
         )
     for f in found:
@@ -228,6 +246,8 @@ def write_demo_report(
             ),
         ]
     blocks += _accuracy_blocks(results, plots)
+    if results.get("practice"):
+        blocks += practice_blocks(results["practice"], plots)
     images = []
     for kind, result in results.get("layers", {}).items():
         images.append(
@@ -282,10 +302,12 @@ def write_demo_report(
         "command": command,
         "dpolab": __version__,
         "quick": quick,
+        "model": model,
         "models": table,
         "findings": found,
         "task": task,
         "winrates": results.get("winrates", {}),
+        "practice": results.get("practice"),
         "timings_s": timings,
         "total_s": sum(timings.values()),
         "peak_rss_mib": peak_rss_mib(),

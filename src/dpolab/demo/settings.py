@@ -1,4 +1,5 @@
-"""What `dpolab demo` runs: the task, the model, and each training run's config, full or quick.
+"""What `dpolab demo` runs: the task, the model, and each training run's config, full or quick,
+on the tiny model the demo builds (FULL, QUICK) or on a pretrained one (`--model`: REAL, REAL_QUICK).
 
 The full values come from trial runs on this task on a 2-core machine: SFT (one pass over 22,400
 problems) reaches 50–75 % held-out greedy accuracy depending on the seed, and 100 preference
@@ -6,6 +7,16 @@ steps per method are long enough for DPO's failure mode on low-edit pairs to sho
 the chosen solution's log-prob by 1–1.7 nats and cost 16–22 points of accuracy on three seeds;
 DPOP kept it within +0.1 nat and lost 0–3 points). `--quick` keeps every stage but shrinks each so
 that the test suite can run it; at that size the model barely learns the task and shows nothing.
+
+The practitioner study's two findings (forgetting against β, early stopping at the peak of eval
+rewards/accuracies) reuse the first run (DPO on low-edit pairs, β 0.3): it is evaluated and saved
+every `checkpoint_every` steps, and `dpolab sweep` trains it again at the other β of `betas`.
+
+On a pretrained model (REAL: sized from SmolLM2-135M-Instruct's speed, about 5 s per step of 4
+pairs on 2 CPU cores, for the whole demo to stay within 45 minutes there; REAL_QUICK within 10)
+the pairs go through the model's chat template, SFT is a short full fine-tuning, and the preference
+runs train LoRA adapters with the Intermediate DPO paper's Table-1 settings (docs/notes.md), their
+intermediate layers at the paper's depths (11 and 22 of 32 layers: 10 and 21 of SmolLM2's 30).
 """
 
 from __future__ import annotations
@@ -75,6 +86,21 @@ class DemoSettings:
     generation_batch: int = 50
     max_new_tokens: int = 40
     seed: int = 0
+    max_length: int = 128  # data.max_length of every run (prompt + completion tokens)
+    max_prompt_length: int = 80
+    # the practitioner study: DPO (runs[0]) at each β, its forgetting measured on held-out text;
+    # runs[0] evaluated and saved every `checkpoint_every` steps, each checkpoint answering the
+    # first `checkpoint_problems` test problems (win rate against SFT, exact-answer judge)
+    betas: tuple[float, ...] = (0.1, 0.3, 0.5)
+    checkpoint_every: int = 20
+    checkpoint_problems: int = 50
+    forgetting_tokens: int = 4096  # of held-out text (the test problems' texts; on a real model, docstrings)
+    forgetting_context: int = 128
+    # a pretrained model (--model): pairs as conversations through its chat template, LoRA adapters
+    # for the preference runs, intermediate layers at these fractions of the model's depth
+    chat: bool = False
+    preference_lora: dict[str, Any] | None = None
+    layer_fractions: tuple[float, ...] | None = None
 
     @property
     def beta(self) -> float:
@@ -114,8 +140,117 @@ QUICK = replace(
     eval_pairs=32,
     test_problems=32,
     generation_batch=32,
+    checkpoint_every=4,
+    checkpoint_problems=16,
+    forgetting_tokens=1024,
 )
 
 
-def settings_for(*, quick: bool, seed: int) -> DemoSettings:
+# The Intermediate DPO paper's Table 1 (docs/notes.md): LoRA r 16, α 16, dropout 0.05 on every projection
+TABLE_1_LORA = {
+    "r": 16,
+    "alpha": 16,
+    "dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+PAPER_LAYERS = (11 / 32, 22 / 32)  # the Intermediate DPO paper's K = {11, 22} of Llama-2-7B's 32 layers
+
+
+def _real_runs(layers: list[int]) -> tuple[PreferenceRun, ...]:
+    return (
+        PreferenceRun("dpo-low", "low", {"method": "dpo", "beta": 0.3}),
+        PreferenceRun("dpop-low", "low", {"method": "dpop", "beta": 0.3, "dpop_lambda": 50.0}),
+        PreferenceRun(
+            "idpo-low",
+            "low",
+            {"method": "dpo", "beta": 0.3, "intermediate": {"layers": layers, "gamma": 0.9}},
+        ),
+    )
+
+
+REAL = replace(
+    FULL,
+    # SFT sees 384 problems once (48 steps × 8); the preference runs their first 96 (24 steps × 4)
+    sizes=SplitSizes(train=384, eval=32, test=48),
+    sft={
+        **FULL.sft,
+        "learning_rate": 3e-5,
+        "max_steps": 48,
+        "per_device_train_batch_size": 8,
+        "adam_beta2": 0.999,
+        "warmup_steps": 0.1,
+        "logging_steps": 4,
+        "eval_steps": 24,
+    },
+    preference={
+        **FULL.preference,
+        "learning_rate": 5e-4,  # Table 1's, for LoRA
+        "max_steps": 24,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 2,
+        "eval_steps": 24,
+    },
+    preference_pairs=96,
+    runs=_real_runs([]),  # the layers: PAPER_LAYERS of the model's depth, once it is known
+    eval_pairs=32,
+    test_problems=48,
+    generation_batch=48,
+    max_new_tokens=48,
+    max_length=256,
+    max_prompt_length=160,
+    checkpoint_every=4,
+    checkpoint_problems=16,
+    forgetting_tokens=2048,
+    forgetting_context=512,
+    chat=True,
+    preference_lora=TABLE_1_LORA,
+    layer_fractions=PAPER_LAYERS,
+)
+
+REAL_QUICK = replace(
+    REAL,
+    sizes=SplitSizes(train=32, eval=8, test=8),
+    sft={**REAL.sft, "max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "eval_steps": 8},
+    preference={
+        **REAL.preference,
+        "max_steps": 4,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        "eval_steps": 4,
+    },
+    preference_pairs=8,
+    eval_pairs=8,
+    test_problems=8,
+    generation_batch=8,
+    checkpoint_every=2,
+    checkpoint_problems=4,
+    forgetting_tokens=512,
+    forgetting_context=256,
+)
+
+
+def paper_layers(num_layers: int, fractions: tuple[float, ...] = PAPER_LAYERS) -> list[int]:
+    """The intermediate layers at the paper's depths for a model of `num_layers` (30 -> [10, 21]),
+    each inside the model (1 .. L − 1) and distinct."""
+    return sorted({min(max(1, round(num_layers * f)), num_layers - 1) for f in fractions})
+
+
+def settings_for(*, quick: bool, seed: int, real: bool = False) -> DemoSettings:
+    if real:
+        return replace(REAL_QUICK if quick else REAL, seed=seed)
     return replace(QUICK if quick else FULL, seed=seed)
+
+
+def with_model_layers(settings: DemoSettings, num_layers: int) -> DemoSettings:
+    """The settings with intermediate DPO's layers at `layer_fractions` of the model's depth (when
+    they are given as fractions: a pretrained model's depth is known once it is loaded)."""
+    if settings.layer_fractions is None:
+        return settings
+    layers = paper_layers(num_layers, settings.layer_fractions)
+    runs = tuple(
+        replace(r, loss={**r.loss, "intermediate": {**r.loss["intermediate"], "layers": layers}})
+        if "intermediate" in r.loss
+        else r
+        for r in settings.runs
+    )
+    return replace(settings, runs=runs)

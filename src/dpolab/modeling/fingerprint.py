@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dpolab.modeling.loading import adapter_base
+from dpolab.modeling.loading import adapter_base, gguf_path
 
 # The files of a model folder that its log-probs depend on.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -34,16 +34,21 @@ def model_fingerprint(name_or_path: str) -> dict[str, Any]:
     are computed again); a change that kept size, ends and time (a tool that restores the time on
     purpose) would go unseen.
 
+    A GGUF file (`dpolab.modeling.loading.gguf_path`) is a model of one file: its absolute path and
+    that file's digest, by the same rule.
+
     For a LoRA adapter folder (`dpolab.modeling.loading.adapter_base`) the base model's fingerprint is part
     of it: the adapter's log-probs are those of the base with the adapter merged in."""
     path = Path(os.path.expanduser(name_or_path))
+    if gguf_path(name_or_path) is not None and path.is_file():
+        return {"path": str(path.resolve()), "files": _files_digest([path])}
     if not path.is_dir():
         revision, snapshot = hub_revision(name_or_path)
         fingerprint: dict[str, Any] = {"hub_id": name_or_path, "revision": revision}
         if snapshot is not None:
-            fingerprint["files"] = _files_digest(snapshot)
+            fingerprint["files"] = _files_digest(_model_files(snapshot))
         return fingerprint
-    fingerprint = {"path": str(path.resolve()), "files": _files_digest(path)}
+    fingerprint = {"path": str(path.resolve()), "files": _files_digest(_model_files(path))}
     base = adapter_base(str(path))
     if base is not None:
         fingerprint["base"] = model_fingerprint(base)
@@ -65,13 +70,15 @@ def weights_fingerprint(model) -> dict[str, Any]:
     return {"in_memory": type(model).__name__, "weights": digest.hexdigest()}
 
 
-def _files_digest(folder: Path) -> str:
-    """A hash of the config, adapter config, weight and index files of `folder`: each one's name,
-    size, modification time and first and last MiB."""
+def _model_files(folder: Path) -> list[Path]:
+    """The config, adapter config, weight and index files of `folder`, by name."""
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and _is_model_file(f)]
+
+
+def _files_digest(files: list[Path]) -> str:
+    """A hash of each file's name, size, modification time and first and last MiB."""
     digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if not (file.is_file() and _is_model_file(file)):
-            continue
+    for file in files:
         stat = file.stat()
         digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         with file.open("rb") as handle:

@@ -6,6 +6,11 @@ load) becomes one `DpolabError` line naming the path. A model path may be a LoRA
 (peft's `adapter_config.json`, as `dpolab sft` with `model.lora` saves): its base model
 (`base_model_name_or_path`) is loaded and the adapter merged into it; that is the model, for its
 config (layer count) as for its weights.
+
+A model path may also be a GGUF file (`*.gguf`, llama.cpp's format, quantised or not): transformers
+dequantises it (`from_pretrained(folder, gguf_file=NAME)`, which needs the `gguf` package,
+`pip install 'dpolab[gguf]'`) and the model is rebuilt from its config without GGUF's quantisation
+marker, so that it trains and saves as any Hugging Face model (outputs are in Hugging Face format).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ log = logging.getLogger("dpolab")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 ADAPTER_CONFIG = "adapter_config.json"
+GGUF_SUFFIX = ".gguf"
+GGUF_INSTALL = "pip install 'dpolab[gguf]'"
 # what a loader raises for a folder or hub id that holds no loadable model (a bug raises others)
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
@@ -60,17 +67,42 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def gguf_path(name_or_path: str | os.PathLike) -> Path | None:
+    """The file a model path names when it is a GGUF file (it ends in `.gguf`), else None."""
+    name = str(name_or_path)
+    return Path(os.path.expanduser(name)) if name.lower().endswith(GGUF_SUFFIX) else None
+
+
+def _require_gguf(name: str) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader)
+    except ImportError:
+        raise DpolabError(
+            f"{name!r} is a GGUF file; reading it needs the gguf package: {GGUF_INSTALL}"
+        ) from None
+
+
 def _load(what: str, name: str, loader, **kwargs):
-    """`loader(name, **kwargs)`, with a user's mistake as one line naming `what` and `name`."""
+    """`loader(name, **kwargs)`, with a user's mistake as one line naming `what` and `name`; a GGUF
+    file is read as `loader(its folder, gguf_file=its name, **kwargs)`."""
     missing = missing_local_path(name)
     if missing:
         raise DpolabError(f"{what} {name!r}: {missing}")
+    gguf = gguf_path(name)
+    if gguf is not None:
+        if not gguf.is_file():
+            why = "not a file (a GGUF model is one .gguf file)" if gguf.exists() else "no such file"
+            raise DpolabError(f"{what} {name!r}: {why}")
+        _require_gguf(name)
+        target, kwargs = str(gguf.parent), {**kwargs, "gguf_file": gguf.name}
+    else:
+        target = os.path.expanduser(name)
     try:
-        return loader(os.path.expanduser(name), **kwargs)
+        return loader(target, **kwargs)
     except _LOAD_ERRORS as err:
         raise DpolabError(
             f"{what} {name!r} cannot be loaded: {first_line(err)} (give a local folder saved with "
-            f"save_pretrained, or a hub id reachable from this machine)"
+            f"save_pretrained, a .gguf file, or a hub id reachable from this machine)"
         ) from None
 
 
@@ -109,7 +141,10 @@ def load_model_config(name_or_path: str, *, trust_remote_code: bool = False):
         return _in_base(
             name_or_path, base, lambda b: load_model_config(b, trust_remote_code=trust_remote_code)
         )
-    return _load("model", name_or_path, AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
+    config = _load("model", name_or_path, AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
+    if gguf_path(name_or_path) is not None:
+        _drop_gguf_marker(config)
+    return config
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
@@ -167,13 +202,52 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype) if isinstance(dtype, str) else dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    return _load(
+    model = _load(
         "model",
         name_or_path,
         AutoModelForCausalLM.from_pretrained,
         trust_remote_code=trust_remote_code,
         **kwargs,
     )
+    if gguf_path(name_or_path) is not None:
+        model = _without_gguf_marker(model, name_or_path, **kwargs)
+    return model
+
+
+# GGUF files announced in this process's log (a run loads its model more than once: policy, reference)
+_ANNOUNCED: set[str] = set()
+
+
+def _drop_gguf_marker(config) -> None:
+    """Remove the quantisation marker transformers leaves on a dequantised GGUF model's config
+    (`quantization_config`, quant_method gguf): with it, the model neither trains nor saves as a
+    Hugging Face model."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+
+
+def _without_gguf_marker(model: nn.Module, name: str, **kwargs) -> nn.Module:
+    """The dequantised model rebuilt from its config without the GGUF marker, its weights loaded
+    into it (all of them: a missing or extra tensor is an error); said once per file in the log."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    _drop_gguf_marker(config)
+    rebuilt = AutoModelForCausalLM.from_config(config, **kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.name_or_path = str(name)  # what a LoRA adapter trained on it names as its base
+    rebuilt.config.name_or_path = str(name)
+    rebuilt.generation_config = model.generation_config
+    key = str(Path(os.path.expanduser(name)).resolve())
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        log.info(
+            "model: %s is a GGUF file, dequantised to %s by transformers; what dpolab saves from it "
+            "is in Hugging Face format",
+            name,
+            str(rebuilt.dtype).removeprefix("torch."),
+        )
+    return rebuilt.requires_grad_(True)
 
 
 def load_for_inference(path: str, *, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, Any]:

@@ -133,9 +133,15 @@ def run_state(folder: Path, config: RunConfig) -> tuple[str, str | None]:
 
 
 def sweep(
-    config_path: str, axes: list[str], *, out_dir: str | None = None, report: bool = True
+    config_path: str,
+    axes: list[str],
+    *,
+    out_dir: str | None = None,
+    report: bool = True,
+    in_process: bool = False,
 ) -> list[Path]:
-    """Run the grid; returns the run folders in grid order."""
+    """Run the grid; returns the run folders in grid order. Each run is a `dpolab train` process,
+    or with `in_process` a call in this one (what `dpolab demo` does: no start-up per run)."""
     combos = grid(axes)
     varying = [i for i in range(len(axes)) if len(split_values(axes[i].split("=", 1)[1])) > 1]
     base = load_config(config_path)
@@ -167,10 +173,15 @@ def sweep(
             *combo,
             f"training.output_dir={folder}",
         ]
-        finished = subprocess.run(command)
-        if finished.returncode != 0:
+        if in_process:
+            from dpolab.cli import main
+
+            code = main(command[3:])
+        else:
+            code = subprocess.run(command).returncode
+        if code != 0:
             raise DpolabError(
-                f"sweep run {folder} failed (exit code {finished.returncode}); finished runs are kept, "
+                f"sweep run {folder} failed (exit code {code}); finished runs are kept, "
                 f"re-run the same command to continue"
             )
     folders = [f for _, f, _ in runs]
