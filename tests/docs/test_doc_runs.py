@@ -183,7 +183,7 @@ def _build_demo_out(folder: Path) -> None:
     from dpolab.demo.task import SplitSizes
 
     settings = dataclasses.replace(FULL, sizes=SplitSizes(train=256, eval=32, test=32))
-    stage_model(folder, settings, stage_task(folder, settings))
+    stage_model(folder, settings, stage_task(folder, settings), None)
 
 
 def _new_folder(folder: Path, demo_out: Path) -> Path:
