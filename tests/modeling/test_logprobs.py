@@ -470,18 +470,18 @@ class FooForCausalLM(nn.Module):
 def test_unknown_architecture_names_the_model_class():
     from transformers import BertConfig, BertLMHeadModel
 
-    bert = BertLMHeadModel(
+    bert = BertLMHeadModel(  # not a decoder: its logits see later tokens
         BertConfig(
             vocab_size=VOCAB,
             hidden_size=16,
             num_hidden_layers=1,
             num_attention_heads=2,
             intermediate_size=32,
-            is_decoder=True,
+            is_decoder=False,
         )
     )
     batch = _batch("right")
-    with pytest.raises(DpolabError, match="BertLMHeadModel"):
+    with pytest.raises(DpolabError, match=r"BertLMHeadModel: .* not a causal LM"):
         layer_logprobs(bert, batch)
     with pytest.raises(DpolabError, match="FooForCausalLM"):
         layer_logprobs(FooForCausalLM(), batch)
