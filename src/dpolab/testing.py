@@ -109,6 +109,22 @@ FAMILY_SETTINGS: dict[str, dict] = {
 FAMILIES = tuple(FAMILY_SETTINGS)
 
 
+_SIZE_WORDS = ("dim", "size", "heads", "state", "chunk", "rank", "ssm")
+_NOT_SIZES = ("vocab", "position", "n_ctx", "max_length", "window", "token", "layers", "cycles", "loops")
+
+
+def _is_large_size(key: str, value) -> bool:
+    """A family-specific width (an SSM's state size and heads, a linear attention's head dim) that
+    would make a "tiny" model slow: an integer of 64 or more named like a size."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= 64
+        and any(w in key for w in _SIZE_WORDS)
+        and not any(w in key for w in _NOT_SIZES)
+    )
+
+
 def tiny_config(
     model_type: str = "llama",
     *,
@@ -169,6 +185,9 @@ def tiny_config(
     for key, value in defaults.items():
         if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
             kwargs[key] = 0.0
+    for key, value in defaults.items():  # the family's own sizes tiny_config does not name (SSM states, ...)
+        if key not in kwargs and _is_large_size(key, value):
+            kwargs[key] = 4 if "heads" in key else 16
     if defaults.get("is_decoder") is False:  # BERT-like: its causal-LM class is meant as a decoder
         kwargs["is_decoder"] = True
     kwargs.update(

@@ -53,6 +53,13 @@ class Coverage:
             self.lens,
         )
 
+    @classmethod
+    def from_cells(cls, cells: tuple[str, ...]) -> Coverage:
+        """The row a page's table line was rendered from (`cells` inverted)."""
+        model_type, model_class, status, rows, attention, transform, lens = cells
+        status, _, detail = status.partition(": ")
+        return cls(model_type, model_class, status, rows, attention, transform, lens, detail)
+
 
 def _line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
@@ -100,6 +107,7 @@ def check(model_type: str, model_class: str) -> Coverage:
     from dpolab.errors import DpolabError
     from dpolab.modeling.anatomy import anatomy
     from dpolab.modeling.layout import choose_attention
+    from dpolab.modeling.probe import probe_inputs
     from dpolab.testing import tiny_config
 
     def result(status: str, detail: str = "", **kwargs) -> Coverage:
@@ -120,8 +128,8 @@ def check(model_type: str, model_class: str) -> Coverage:
     try:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config).eval()
-        with torch.no_grad():  # the model's own forward, before dpolab asks anything of it
-            model(input_ids=torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]]))
+        with torch.no_grad():  # the model's own forward on the probe's inputs, before dpolab's own
+            model(**probe_inputs(model))
     except Exception as err:
         return result("not built", _line(err))
     try:
@@ -198,7 +206,9 @@ def render(rows: list[Coverage], version: str) -> str:
         "(`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`) is built tiny from its own config (2 blocks, hidden 32,",
         "vocabulary 128, random weights) and dpolab's final-layer log-probs of two pairs, in the row",
         "layout dpolab chooses and in separate rows, are compared with the model's own",
-        f"`forward().logits` (to {TOLERANCE:g} per token), and layer 1 with the naive logit lens (the",
+        f"`forward().logits` (to {TOLERANCE:.0e} per token), and layer 1 with the naive logit lens (the".replace(
+            "e-0", "e-"
+        ),
         "model's forward with the later blocks bypassed). Regenerate it with",
         "",
         "```bash",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from dpolab.errors import DpolabError
 from dpolab.modeling.router import RouterSpec, find_router
 
 PROBE_TOKENS = 6
+MAX_FINAL_MODULES = 6  # up to this many, every ordered subset is tried (2^6 calls at most)
 # Config attributes that may transform the head's output: a softcap (a name with "logit" and "cap",
 # not the attention's: Gemma 2/3's final_logit_softcapping, RecurrentGemma's logits_soft_cap) and
 # a scale (a name with "logit" and "scale"/"scaling"/"mult", or one of these), each tried both ways
@@ -101,7 +103,7 @@ def linear_head(causal_lm: nn.Module) -> nn.Linear:
 
 def _block_lists(causal_lm: nn.Module, head: nn.Module) -> list[str]:
     """Names of the ModuleLists that may hold the decoder blocks: those of the classes the model
-    keeps whole when split across devices (`_no_split_modules`), else those of L modules."""
+    keeps whole when split across devices (`_no_split_modules`), else every one."""
     head_ids = {id(m) for m in head.modules()}
     lists = [
         (name, m)
@@ -110,10 +112,21 @@ def _block_lists(causal_lm: nn.Module, head: nn.Module) -> list[str]:
     ]
     whole = set(getattr(causal_lm, "_no_split_modules", None) or ())
     named = [n for n, m in lists if whole and all(type(b).__name__ in whole for b in m)]
-    if named:
-        return named
-    layers = getattr(getattr(causal_lm, "config", None), "num_hidden_layers", None)
-    return [n for n, m in lists if len(m) == layers]
+    return named or [n for n, _ in lists]  # else any: the probe keeps the one that runs last
+
+
+def probe_inputs(causal_lm: nn.Module) -> dict[str, torch.Tensor | bool]:
+    """The probe's inputs: a row of `PROBE_TOKENS` token ids, its attention mask and no cache,
+    as far as the forward takes them."""
+    head = linear_head(causal_lm)
+    vocab, device = head.weight.shape[0], head.weight.device
+    input_ids = (torch.arange(PROBE_TOKENS, device=device)[None] + 3) % vocab
+    kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids}
+    if _accepts(causal_lm, "attention_mask"):
+        kwargs["attention_mask"] = torch.ones_like(input_ids)
+    if "use_cache" in inspect.signature(type(causal_lm).forward).parameters:
+        kwargs["use_cache"] = False
+    return kwargs
 
 
 def _accepts(module: nn.Module, name: str) -> bool:
@@ -229,23 +242,34 @@ class _Probe:
             self.lens_problem = f"its blocks run {runs} times in a forward: layer k is no single hidden state"
 
     def _check_final(self, h: torch.Tensor | None, head_in: torch.Tensor) -> str | None:
+        """None when the final modules, or the fewest left out of them (a pooler that runs but
+        feeds nothing to the head, as BigBird's), turn the last block's output `h` into the
+        head's input; `self.final` is then those modules. Else why not."""
         if h is None:
             return "its last block's output is not a tensor"
-        x = h
-        try:
-            for name in self.final:
-                x = self.causal_lm.get_submodule(name)(x)
-                x = x[0] if isinstance(x, tuple) else x
-        except Exception as err:  # a final module that needs more than the hidden state
-            return (
-                f"its final modules ({', '.join(self.final)}) cannot be called on a hidden state "
-                f"alone ({type(err).__name__})"
-            )
-        if not isinstance(x, torch.Tensor) or not _close(x, head_in, head_in.dtype):
-            return (
-                f"between its last block and its head it does more than {', '.join(self.final) or 'nothing'}"
-            )
-        return None
+        ran = self.final
+        subsets = [
+            subset
+            for size in range(len(ran), -1, -1)
+            for subset in itertools.combinations(ran, size)
+            if len(ran) <= MAX_FINAL_MODULES or size == len(ran)
+        ]
+        failed = None
+        for subset in subsets:
+            x = h
+            try:
+                for name in subset:
+                    x = self.causal_lm.get_submodule(name)(x)
+                    x = x[0] if isinstance(x, tuple) else x
+            except Exception as err:  # a final module that needs more than the hidden state
+                failed = failed or type(err).__name__
+                continue
+            if isinstance(x, torch.Tensor) and _close(x, head_in, head_in.dtype):
+                self.final = subset
+                return None
+        if failed is not None and len(subsets) == 1:
+            return f"its final modules ({', '.join(ran)}) cannot be called on a hidden state alone ({failed})"
+        return f"between its last block and its head it does more than {', '.join(ran) or 'nothing'}"
 
     def run(self, runner: nn.Module) -> torch.Tensor:
         name = type(self.causal_lm).__name__
@@ -253,13 +277,9 @@ class _Probe:
         for module in self.causal_lm.modules():
             handles.append(module.register_forward_pre_hook(self.pre, with_kwargs=True))
             handles.append(module.register_forward_hook(self.post))
-        vocab, device = self.head.weight.shape[0], self.head.weight.device
-        input_ids = (torch.arange(PROBE_TOKENS, device=device)[None] + 3) % vocab
-        kwargs = {}
-        if _accepts(self.causal_lm, "attention_mask"):
-            kwargs["attention_mask"] = torch.ones_like(input_ids)
-        if "use_cache" in inspect.signature(type(self.causal_lm).forward).parameters:
-            kwargs["use_cache"] = False
+        kwargs = probe_inputs(self.causal_lm)
+        input_ids = kwargs.pop("input_ids")
+        vocab = self.head.weight.shape[0]
         try:
             with torch.no_grad(), eval_mode(runner):
                 output = runner(input_ids=input_ids, **kwargs)
