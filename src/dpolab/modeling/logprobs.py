@@ -17,9 +17,9 @@ forward for its load-balancing loss (`dpolab.modeling.router`).
 
 Running inside the head's forward keeps it inside the model's forward, so the wrappers that
 gather sharded parameters around a module's forward (FSDP, DeepSpeed ZeRO-3) and DDP's gradient
-hooks see an ordinary call. The log-probs leave the forward beside its output, not as its logits:
-the model applies its logit transform to whatever its head returns, and dpolab has applied it
-already, inside the chunked projection.
+hooks see an ordinary call. The log-probs are taken as the head returns them, not from the
+forward's logits: the model applies its logit transform to whatever its head returns, and dpolab
+has applied it already, inside the chunked projection.
 
 Which hidden state scores which token is given by `TokenTargets`; `targets_from_completion_mask`
 builds it for the usual layout (token t of a row predicted by position t − 1). The packed pair
@@ -234,13 +234,14 @@ def layer_logprobs(
                 out, layer_sum_sq = out
                 sum_sq.append(layer_sum_sq)
             per_layer.append(out)
-        # (len(layers), N [+ prompt tokens]) per-token log-probs, kept here: the model may transform
-        # what its head returns (Gemma 2 softcaps it, Granite divides it), so it gets a (1, 1, 1)
-        # zero instead, still connected to the log-probs' graph (DDP's search for unused parameters
-        # starts from the forward's outputs)
+        # (len(layers), N [+ prompt tokens]) per-token log-probs, kept here as the head returns
+        # them: the model may transform what its head returns (Gemma 2 softcaps it, Granite divides
+        # it) into its `logits`, which are dropped. Returned all the same, so that they are the
+        # head's output: FSDP and ZeRO-3 gather the head's weight again for the backward through
+        # it by hooks on that output, and DDP finds the used parameters from the forward's outputs
         result = torch.stack(per_layer)
         head_results.append(result)
-        return (result.sum() * 0).reshape(1, 1, 1)
+        return result
 
     head_results: list[torch.Tensor] = []
     router_logits: list[torch.Tensor] = []
@@ -251,7 +252,7 @@ def layer_logprobs(
         output = model(**inputs, use_cache=False)
     if not head_results:
         raise RuntimeError(f"{parts.name}'s forward did not call its output head")
-    del output  # what the model made of the head's (1, 1, 1) zero
+    del output  # its logits: what the model made of the head's log-probs
     n = targets.tokens.shape[0]
     token_lp = head_results[0]
     result = LayerLogprobs(
