@@ -123,3 +123,87 @@ def test_one_step_with_a_live_reference(tmp_path, tokenizer, family, caplog):
         before = dict(start.named_parameters())
         moved = any(not torch.equal(p, before[n]) for n, p in trained.named_parameters())
     assert moved
+
+
+def _save(path, tokenizer, family, seed=0, **settings):
+    tiny_model(
+        family, vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=seed, **settings
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["gemma2", "bloom", "mixtral"])
+def test_first_step_equals_trl(tmp_path, tokenizer, family):
+    """Against TRL 1.16's DPOTrainer (policy ≠ reference, learning rate 0): Gemma 2's softcapped
+    logits, Bloom's separate rows, Mixtral's load-balancing loss added to the loss and logged."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    settings = FAMILY_SETTINGS[family]
+    policy = _save(tmp_path / "policy", tokenizer, family, seed=0, **settings)
+    ref = _save(tmp_path / "ref", tokenizer, family, seed=1, **settings)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    common = {
+        "per_device_train_batch_size": len(ROWS),
+        "max_steps": 1,
+        "logging_steps": 1,
+        "learning_rate": 0.0,
+    }
+    run(
+        config_from_dict(
+            {
+                "model": {"name_or_path": str(policy), "ref_name_or_path": str(ref)},
+                "data": {"train": str(data), "max_length": None, "max_prompt_length": None},
+                "loss": {"method": "dpo", "beta": 0.1},
+                "training": {**common, "output_dir": str(tmp_path / "out"), "disable_tqdm": True, "seed": 0},
+            }
+        )
+    )
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    ours = next(line for line in lines if line["split"] == "train")
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(policy),
+        ref_model=AutoModelForCausalLM.from_pretrained(ref),
+        args=DPOConfig(
+            **common,
+            output_dir=str(tmp_path / "trl"),
+            beta=0.1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            bf16=False,
+            disable_tqdm=True,
+            seed=0,
+        ),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=load_tokenizer(str(policy)),
+    )
+    trainer.train()
+    theirs = trainer.state.log_history[0]
+    keys = ["loss", "rewards/margins", "logps/chosen", "logps/rejected"] + (
+        ["aux_loss"] if family in MOE else []
+    )
+    for key in keys:
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), key
+
+
+def test_intermediate_layers_are_refused_where_the_logit_lens_is_not_defined(tmp_path, tokenizer):
+    """RoBERTa's head applies a GELU outside any module before its norm: dpolab trains its final
+    layer (in separate rows: it counts positions its own way) but refuses intermediate layers."""
+    from dpolab.errors import DpolabError
+
+    model = _save(tmp_path / "roberta", tokenizer, "roberta", is_decoder=True)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    values = {
+        "model": {"name_or_path": str(model)},
+        "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+        "loss": {"method": "dpo", "intermediate": {"layers": [1]}},
+        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 1, "disable_tqdm": True},
+    }
+    with pytest.raises(
+        DpolabError, match=r"^RobertaForCausalLM: intermediate layers .* not defined for it: between"
+    ):
+        run(config_from_dict(values))

@@ -33,9 +33,9 @@ CHECKED_EXAMPLES = 2
 def _sequences(example: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
     """(prompt, completion) of each sequence of an example, in the order the collators score them."""
     prompt = list(example["prompt_ids"])
-    if "rejected_ids" in example:
-        return [(prompt, list(example["chosen_ids"])), (prompt, list(example["rejected_ids"]))]
-    return [(prompt, list(example.get("completion_ids", example.get("chosen_ids"))))]
+    keys = ("completion_ids",) if "completion_ids" in example else ("chosen_ids", "rejected_ids")
+    # an SFT example's rejected_ids is empty: nothing of it is scored
+    return [(prompt, list(example[k])) for k in keys if example.get(k)]
 
 
 def logprob_gap(model: nn.Module, examples: Sequence[dict[str, Any]], collator) -> tuple[bool, float]:
