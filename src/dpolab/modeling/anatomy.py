@@ -8,13 +8,19 @@ blocks and its logits. That is discovered once per model by a probe forward on a
     ├── unwrap()             the Hugging Face model inside peft / DDP / FSDP / DeepSpeed wrappers
     └── probe.discover()     once per model (cached): a probe forward with hooks on every module
         ├── _block_lists()       the ModuleLists that may be the decoder blocks (`_no_split_modules`)
+        ├── causality            a later token changes no earlier logit (BERT without is_decoder does)
         ├── the blocks           the candidate list whose blocks ran, last, before the head
         ├── the final modules    what ran between the last block and the head (final norm, OPT's
         │                        project_out, BERT's prediction transform), checked to turn the last
-        │                        block's output into the head's input exactly (the logit lens)
+        │                        block's output into the head's input exactly (the logit lens;
+        │                        not defined where blocks run more than once, as in looped models)
         ├── the logit transform  what turns the head's output into the logits (Gemma 2's softcap,
-        │                        Cohere's logit_scale, Granite's logits_scaling), checked likewise
+        │                        Cohere's logit_scale, Granite's logits_scaling: config attributes,
+        │                        the candidate that reproduces the logits)
         └── find_router()        a mixture-of-experts model's routers (dpolab.modeling.router)
+
+Under DeepSpeed ZeRO-3 the probe runs on its first use, through the engine (which gathers the
+weights); everywhere else when dpolab loads the model (`dpolab.training.policy.load_model`).
 
 What cannot be reproduced stops with one line naming the class and what is missing. A model whose
 final modules cannot be isolated still trains at its final layer; only intermediate layers (the
