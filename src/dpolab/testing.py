@@ -10,12 +10,14 @@ tests of `dpolab.modeling.logprobs.layer_logprobs` to compare against.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from dpolab.modeling.anatomy import anatomy
 from dpolab.modeling.attention import positions_from_attention_mask
+from dpolab.modeling.layout import row_layout
 from dpolab.modeling.logprobs import LayerLogprobs, resolve_layers
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -64,14 +66,63 @@ def build_tokenizer(
     return fast
 
 
-_FAMILY_CONFIGS = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM"),
-    "mistral": ("MistralConfig", "MistralForCausalLM"),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+# The names under which configs keep each size tiny_config sets: the first a family's config has.
+_SIZE_NAMES = {
+    "hidden": ("hidden_size", "n_embd", "d_model"),
+    "layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "heads": ("num_attention_heads", "n_head"),
+    "intermediate": ("intermediate_size", "n_inner", "ffn_dim"),
+    "positions": ("max_position_embeddings", "n_positions"),
 }
+
+# The families the deep numerical tests of dpolab.modeling run on (every option, padding side, chunk).
+TINY_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2")
+
+# The families issue 15 names, each tested for exact log-probs, the logit lens and a training step,
+# with the settings under which its specialities matter at tiny sizes (a softcap that bites, a logit
+# scale ≠ 1, a sliding window shorter than the test rows, OPT's project_out).
+FAMILY_SETTINGS: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": 5},
+    "qwen2": {},
+    "qwen3": {},
+    "gemma": {},
+    "gemma2": {"final_logit_softcapping": 0.5, "sliding_window": 5},
+    "gemma3_text": {"final_logit_softcapping": 0.5, "sliding_window": 5},
+    "phi": {},
+    "phi3": {"sliding_window": 5},
+    "mixtral": {"router_aux_loss_coef": 0.02},
+    "qwen2_moe": {"router_aux_loss_coef": 0.02},
+    "qwen3_moe": {"router_aux_loss_coef": 0.02},
+    "olmo2": {},
+    "stablelm": {},
+    "starcoder2": {"sliding_window": 5},
+    "cohere": {"logit_scale": 0.5},
+    "granite": {"logits_scaling": 4.0},
+    "gpt_neox": {},
+    "gpt2": {},
+    "gptj": {},
+    "falcon": {},
+    "opt": {"word_embed_proj_dim": 16},
+    "bloom": {},
+}
+FAMILIES = tuple(FAMILY_SETTINGS)
+
+
+_SIZE_WORDS = ("dim", "size", "heads", "state", "chunk", "rank", "ssm")
+_NOT_SIZES = ("vocab", "position", "n_ctx", "max_length", "window", "token", "layers", "cycles", "loops")
+
+
+def _is_large_size(key: str, value) -> bool:
+    """A family-specific width (an SSM's state size and heads, a linear attention's head dim) that
+    would make a "tiny" model slow: an integer of 64 or more named like a size."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= 64
+        and any(w in key for w in _SIZE_WORDS)
+        and not any(w in key for w in _NOT_SIZES)
+    )
 
 
 def tiny_config(
@@ -86,36 +137,59 @@ def tiny_config(
     tie_word_embeddings: bool = False,
     **overrides,
 ):
-    """A small config of the given family, with dropout off (so that two forwards agree)."""
-    import transformers
+    """A small config of any family transformers knows (`model_type`), with dropout off (so that two
+    forwards agree): the family's defaults with every size attribute it has made small (hidden,
+    layers, heads, key-value heads, MLP, experts, ...); `overrides` last."""
+    from transformers import AutoConfig
 
-    config_cls = getattr(transformers, _FAMILY_CONFIGS[model_type][0])
+    defaults = AutoConfig.for_model(model_type).to_dict()
     intermediate_size = intermediate_size or 2 * hidden_size
-    if model_type == "gpt2":
-        kwargs = dict(
-            n_embd=hidden_size,
-            n_layer=num_layers,
-            n_head=num_heads,
-            n_inner=intermediate_size,
-            n_positions=max_positions,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    else:
-        kwargs = dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_positions,
-        )
-        if model_type in ("llama", "mistral", "qwen2", "qwen3"):
-            kwargs["num_key_value_heads"] = max(1, num_heads // 2)
-        if model_type == "qwen3":
-            kwargs["head_dim"] = hidden_size // num_heads
-        if model_type == "gpt_neox":
-            kwargs.update(hidden_dropout=0.0, attention_dropout=0.0)
+    sizes = {
+        "hidden": hidden_size,
+        "layers": num_layers,
+        "heads": num_heads,
+        "intermediate": intermediate_size,
+        "positions": max_positions,
+    }
+    kwargs = {}
+    for what, names in _SIZE_NAMES.items():
+        name = next((n for n in names if n in defaults), None)
+        if name is not None:
+            kwargs[name] = sizes[what]
+    head_dim = hidden_size // num_heads
+    optional = {
+        "num_key_value_heads": max(1, num_heads // 2),
+        "head_dim": head_dim,
+        "rotary_dim": head_dim,  # GPT-J
+        "num_local_experts": 4,  # Mixtral
+        "num_experts": 4,  # Qwen-MoE
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": intermediate_size // 2,
+        "shared_expert_intermediate_size": intermediate_size,
+        "word_embed_proj_dim": hidden_size,  # OPT
+        # multi-head latent attention (DeepSeek V2/V3, MiniCPM3) and grouped expert routing
+        "q_lora_rank": hidden_size // 2,
+        "kv_lora_rank": hidden_size // 2,
+        "qk_rope_head_dim": head_dim // 2,
+        "qk_nope_head_dim": head_dim // 2,
+        "v_head_dim": head_dim,
+        "n_routed_experts": 4,
+        "n_group": 1,
+        "topk_group": 1,
+    }
+    kwargs.update({k: v for k, v in optional.items() if k in defaults})
+    if (
+        "kv_lora_rank" in defaults and "num_key_value_heads" in defaults
+    ):  # latent attention: one kv head per head
+        kwargs["num_key_value_heads"] = num_heads
+    for key, value in defaults.items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            kwargs[key] = 0.0
+    for key, value in defaults.items():  # the family's own sizes tiny_config does not name (SSM states, ...)
+        if key not in kwargs and _is_large_size(key, value):
+            kwargs[key] = 4 if "heads" in key else 16
+    if defaults.get("is_decoder") is False:  # BERT-like: its causal-LM class is meant as a decoder
+        kwargs["is_decoder"] = True
     kwargs.update(
         vocab_size=vocab_size,
         tie_word_embeddings=tie_word_embeddings,
@@ -124,23 +198,26 @@ def tiny_config(
         pad_token_id=2,
     )
     kwargs.update(overrides)
-    return config_cls(**kwargs)
+    return AutoConfig.for_model(model_type, **kwargs)
 
 
 def tiny_model(
-    model_type: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs
+    model_type: str = "llama",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+    **config_kwargs,
 ):
-    """A tiny randomly initialised causal LM of the given family, in eval mode."""
-    import transformers
+    """A tiny randomly initialised causal LM of the given family, in eval mode (attention: the
+    family's default unless given)."""
+    from transformers import AutoModelForCausalLM
 
     config = tiny_config(model_type, **config_kwargs)
-    model_cls = getattr(transformers, _FAMILY_CONFIGS[model_type][1])
     torch.manual_seed(seed)
-    model = model_cls(config).to(dtype)
+    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = AutoModelForCausalLM.from_config(config, **kwargs).to(dtype)
     return model.eval()
-
-
-TINY_MODEL_TYPES = tuple(_FAMILY_CONFIGS)
 
 
 def naive_layer_logprobs(
@@ -151,21 +228,19 @@ def naive_layer_logprobs(
     final_norm: bool = True,
 ) -> LayerLogprobs:
     """The same as `layer_logprobs` the obvious way: `output_hidden_states=True`, full logits for
-    every position, `log_softmax` over the vocabulary. For tests and small analyses only."""
+    every position, `log_softmax` over the vocabulary; layer k < L as the naive logit lens,
+    `transform(head(final_norm(hidden_states[k])))`. For tests and small analyses only."""
     parts = anatomy(model)
     layers = resolve_layers(layers, parts.num_layers)
     input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
     attention_mask = batch["attention_mask"]
-    position_ids = batch.get("position_ids")
-    if position_ids is None:
-        position_ids = positions_from_attention_mask(attention_mask)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=True,
-        use_cache=False,
-    )
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if row_layout(model).position_ids:
+        position_ids = batch.get("position_ids")
+        inputs["position_ids"] = (
+            positions_from_attention_mask(attention_mask) if position_ids is None else position_ids
+        )
+    out = model(**inputs, output_hidden_states=True, use_cache=False)
     shift_mask = completion_mask[:, 1:].float()
     shift_tokens = input_ids[:, 1:]
     result = []
@@ -176,7 +251,26 @@ def naive_layer_logprobs(
             h = out.hidden_states[k]
             if final_norm:
                 h = parts.final_norm(h)
-            logits = parts.head(h).float()
+            logits = parts.logits(parts.head(h).float())
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, shift_tokens[..., None]).squeeze(-1)
         result.append((logp * shift_mask).sum(-1))
     return LayerLogprobs(layers=layers, logps=torch.stack(result), num_tokens=shift_mask.sum(-1).long())
+
+
+@contextmanager
+def blocks_bypassed(model: nn.Module, after: int):
+    """Inside the block, decoder blocks `after + 1 .. L` of the model hand their input on unchanged:
+    the model's own forward then gives the naive logit lens of layer `after` — its own final
+    modules, head and logit transform applied to `hidden_states[after]`."""
+    blocks = anatomy(model).blocks
+
+    def bypass(_module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [block.register_forward_hook(bypass, with_kwargs=True) for block in blocks[after:]]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()

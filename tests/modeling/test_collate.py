@@ -249,3 +249,40 @@ def test_pair_collator_scores_the_prompts_when_asked():
         assert torch.equal(batch[key], plain[key])
     with pytest.raises(ValueError, match="without score_prompt"):
         batch_prompt_targets(plain)
+
+
+def test_pair_collator_separate_rows_literal():
+    """`packed=False`: pair b is rows 2b (prompt + chosen) and 2b + 1 (prompt + rejected), with a
+    2-D mask; the targets list the same tokens in the same order and sequences as packed rows."""
+    batch = PairCollator(pad_token_id=0, packed=False, score_prompt=True)(PAIRS)
+    assert torch.equal(
+        batch["input_ids"],
+        torch.tensor(
+            [
+                [10, 11, 12, 13, 14],  # pair 0: prompt 10 11 12 | chosen 13 14
+                [10, 11, 12, 15, 0],  # pair 0: prompt 10 11 12 | rejected 15 | pad
+                [20, 21, 22, 23, 0],  # pair 1: prompt 20 | chosen 21 22 23 | pad
+                [20, 24, 0, 0, 0],  # pair 1: prompt 20 | rejected 24 | pad
+                [30, 31, 32, 0, 0],  # pair 2: prompt 30 31 | chosen 32 | pad
+                [30, 31, 33, 34, 0],  # pair 2: prompt 30 31 | rejected 33 34 | pad
+            ]
+        ),
+    )
+    assert batch["attention_mask"].tolist() == [
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+    ]
+    # flat positions (row·5 + column): token j of a completion is predicted at prompt end + j
+    #   13 ← 0+2, 14 ← 0+3 | 15 ← 5+2 | 21 ← 10+0, 22 ← 10+1, 23 ← 10+2 | 24 ← 15+0 | 32 ← 20+1 | 33 ← 25+1, 34 ← 25+2
+    assert batch["target_positions"].tolist() == [2, 3, 7, 10, 11, 12, 15, 21, 26, 27]
+    packed = PairCollator(pad_token_id=0, score_prompt=True)(PAIRS)
+    for key in ("target_tokens", "target_segments", "prompt_target_tokens", "prompt_target_segments"):
+        assert torch.equal(batch[key], packed[key]), key
+    assert batch["num_sequences"] == 6 and batch["num_prompts"] == 3
+    # the prompts' own tokens, from each prompt's second, in its chosen row: 11 ← 0, 12 ← 1 | 31 ← 20
+    assert batch["prompt_target_positions"].tolist() == [0, 1, 20]
+    assert "segment_ids" not in batch and "position_ids" not in batch

@@ -98,6 +98,56 @@ def test_token_logprobs_bf16(chunk, mode):
         assert (g.double() - e).abs().max() <= 2 * (n.double() - e).abs().max() + 1e-3
 
 
+def naive_transformed(scale, softcap):
+    """`naive_token_logprobs` of the model's transformed logits: c·tanh(s·z/c), else s·z."""
+
+    def naive(hidden, weight, bias, tokens):
+        logits = hidden @ weight.t()
+        if bias is not None:
+            logits = logits + bias
+        logits = (logits.double() if logits.dtype == torch.float64 else logits.float()) * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+
+    return naive
+
+
+TRANSFORMS = [(0.25, None), (3.0, None), (1.0, 0.7), (2.0, 1.5)]  # Granite-, Cohere- and Gemma-like
+
+
+@pytest.mark.parametrize("scale,softcap", TRANSFORMS)
+@pytest.mark.parametrize("mode", list(GRAD_MODES))
+@pytest.mark.parametrize("chunk", [7, N])
+def test_token_logprobs_with_the_models_logit_transform(chunk, mode, scale, softcap):
+    """The transform applied inside the chunk loop: values and every backward path (the frozen
+    head's keeps Σ p·T'·W) as the naive full logits give them."""
+    inputs = _head_inputs(torch.float64, bias=True, seed=chunk)
+    out, grads = _run(token_logprobs, *inputs, mode, chunk_tokens=chunk, scale=scale, softcap=softcap)
+    ref, ref_grads = _run(naive_transformed(scale, softcap), *inputs, mode)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    # the transform changes the values (a test of it that passes without it proves nothing)
+    plain = token_logprobs(*inputs[:4], chunk_tokens=chunk)
+    assert (plain - out).abs().max() > 1e-2
+
+
+def test_logit_transform_hand_worked():
+    # one row, V = 2, z = [0, 2]; softcap c = 1: y = [0, tanh 2] = [0, 0.9640275800758169]
+    # log p_1 = y_1 − log(1 + e^{y_1}) = −0.32511...
+    hidden = torch.tensor([[1.0]], dtype=torch.float64)
+    weight = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    y1 = math.tanh(2.0)
+    expected = y1 - math.log(1 + math.exp(y1))
+    assert abs(token_logprobs(hidden, weight, None, torch.tensor([1]), softcap=1.0).item() - expected) < 1e-12
+    # scale s = 0.5: y = [0, 1], log p_1 = 1 − log(1 + e)
+    scaled = token_logprobs(hidden, weight, None, torch.tensor([1]), scale=0.5).item()
+    assert abs(scaled - (1 - math.log(1 + math.e))) < 1e-12
+    with pytest.raises(ValueError, match="softcap must be positive"):
+        token_logprobs(hidden, weight, None, torch.tensor([1]), softcap=0.0)
+
+
 @pytest.mark.parametrize("mode", ["all", "frozen_head"])
 def test_token_logprobs_gradcheck(mode):
     g = torch.Generator().manual_seed(5)

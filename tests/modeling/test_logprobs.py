@@ -19,6 +19,7 @@ from torch import nn
 from dpolab.errors import DpolabError
 from dpolab.modeling.attention import positions_from_attention_mask, segment_attention_mask
 from dpolab.modeling.collate import PairCollator, batch_prompt_targets, batch_targets
+from dpolab.modeling.layout import row_layout
 from dpolab.modeling.logprobs import layer_logprobs, targets_from_completion_mask
 from dpolab.testing import TINY_MODEL_TYPES, naive_layer_logprobs, tiny_model
 
@@ -215,6 +216,9 @@ def test_no_full_logits_in_forward_or_backward(family):
     the final and the intermediate layers; the naive path (the check's control) holds B·T."""
     model = _model(family)
     batch = _batch("right")
+    # the one-time probe and row-layout check of a model run its own forward on 6 and 12 tokens
+    # (full logits of those few): done before counting
+    row_layout(model)
     with _WidestVocabRows(VOCAB) as seen:
         out = layer_logprobs(model, batch, LAYERS, chunk_tokens=7)
         _grads(model, out.logps)
@@ -470,18 +474,18 @@ class FooForCausalLM(nn.Module):
 def test_unknown_architecture_names_the_model_class():
     from transformers import BertConfig, BertLMHeadModel
 
-    bert = BertLMHeadModel(
+    bert = BertLMHeadModel(  # not a decoder: its logits see later tokens
         BertConfig(
             vocab_size=VOCAB,
             hidden_size=16,
             num_hidden_layers=1,
             num_attention_heads=2,
             intermediate_size=32,
-            is_decoder=True,
+            is_decoder=False,
         )
     )
     batch = _batch("right")
-    with pytest.raises(DpolabError, match="BertLMHeadModel"):
+    with pytest.raises(DpolabError, match=r"BertLMHeadModel: .* not a causal LM"):
         layer_logprobs(bert, batch)
     with pytest.raises(DpolabError, match="FooForCausalLM"):
         layer_logprobs(FooForCausalLM(), batch)

@@ -15,6 +15,7 @@ from dpolab.data.tokenize import TokenizedPair, tokenize_pair
 from dpolab.errors import DpolabError
 from dpolab.evaluation.scoring import to_device
 from dpolab.modeling.collate import PairCollator, batch_targets
+from dpolab.modeling.layout import row_layout
 from dpolab.modeling.loading import model_device
 from dpolab.modeling.logprobs import TokenTargets, layer_logprobs
 
@@ -67,7 +68,7 @@ def pair_logprobs(
     Returns:
         `(chosen, rejected)`, each `(len(layers), len(pairs))` fp32 on the CPU.
     """
-    collator = PairCollator(pad_token_id=pad_token_id)
+    collator = PairCollator(pad_token_id=pad_token_id, packed=row_layout(model).packed)
     device = model_device(model)
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
@@ -92,7 +93,7 @@ def pair_token_logprobs(
 ) -> list[tuple[list[float], list[float]]]:
     """Per-token log-probs (final layer) of each pair's chosen and rejected completion tokens:
     each target token is its own segment of `TokenTargets`, so the "sums" are single tokens."""
-    collator = PairCollator(pad_token_id=pad_token_id)
+    collator = PairCollator(pad_token_id=pad_token_id, packed=row_layout(model).packed)
     device = model_device(model)
     out = []
     for start in range(0, len(pairs), batch_size):

@@ -28,7 +28,12 @@ class ModelSection:
     tokenizer_name_or_path: str | None = None  # default: name_or_path
     dtype: str = "float32"  # float32 | bfloat16
     trust_remote_code: bool = False  # run the model's own code from the hub (transformers' flag)
-    attn_implementation: str = "sdpa"  # sdpa | eager (the packed pair rows need a 4-D mask)
+    # auto | sdpa | eager: auto takes the model's default, else sdpa, else eager, the first under
+    # which a pair fits one row (docs/models.md); a model that cannot gets separate rows either way
+    attn_implementation: str = "auto"
+    # mixture-of-experts models: the weight of the router's load-balancing loss added to the loss,
+    # logged as aux_loss (default: the model config's router_aux_loss_coef; 0 turns it off)
+    router_aux_loss_coef: float | None = None
     lora: LoraSettings | None = None
 
 
@@ -129,7 +134,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "
 CHOICES = {
     "loss.f_divergence": ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.attn_implementation": ("sdpa", "eager"),
+    "model.attn_implementation": ("auto", "sdpa", "eager"),
     "data.format": ("auto", "standard", "conversational", "implicit"),
     "data.on_bad_rows": ("error", "skip"),
     "data.builder": (None, "metamath", "arc", "hellaswag"),

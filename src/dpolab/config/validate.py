@@ -154,6 +154,9 @@ def validate(config: RunConfig, *, early_stopping_metric: str) -> None:
     _check_choices(config)
     if not config.model.name_or_path:
         raise DpolabError("model.name_or_path is required: a local model folder or a hub id")
+    coef = config.model.router_aux_loss_coef
+    if coef is not None and (isinstance(coef, bool) or not isinstance(coef, int | float) or coef < 0):
+        raise DpolabError(f"model.router_aux_loss_coef: {coef!r} must be a number ≥ 0 (0 turns it off)")
     _check_data(config)
     _check_training(config)
     _check_early_stopping(config, early_stopping_metric)

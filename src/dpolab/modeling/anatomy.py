@@ -1,34 +1,45 @@
-"""Where each supported model family keeps its decoder blocks, final norm and output head.
+"""A causal LM's parts, found from the model itself: no table of families.
 
-Intermediate-layer log-probs (the logit lens) pass hidden states through the model's own final
-normalisation and its shared output head, so dpolab must find both. Families are known by their
-`config.model_type`; an unknown one fails with a message that names the model class.
+dpolab scores completions by projecting hidden states through the output head itself, in chunks,
+at the completion positions only, so it must know exactly what the model does between its decoder
+blocks and its logits. That is discovered once per model by a probe forward on a few tokens:
+
+    anatomy(model)
+    ├── unwrap()             the Hugging Face model inside peft / DDP / FSDP / DeepSpeed wrappers
+    └── probe.discover()     once per model (cached): a probe forward with hooks on every module
+        ├── _block_lists()       the ModuleLists that may be the decoder blocks (`_no_split_modules`)
+        ├── causality            a later token changes no earlier logit (BERT without is_decoder does)
+        ├── the blocks           the candidate list whose blocks ran, last, before the head
+        ├── the final modules    what ran between the last block and the head (final norm, OPT's
+        │                        project_out, BERT's prediction transform), checked to turn the last
+        │                        block's output into the head's input exactly (the logit lens;
+        │                        not defined where blocks run more than once, as in looped models)
+        ├── the logit transform  what turns the head's output into the logits (Gemma 2's softcap,
+        │                        Cohere's logit_scale, Granite's logits_scaling: config attributes,
+        │                        the candidate that reproduces the logits)
+        └── find_router()        a mixture-of-experts model's routers (dpolab.modeling.router)
+
+Under DeepSpeed ZeRO-3 the probe runs on its first use, through the engine (which gathers the
+weights); everywhere else when dpolab loads the model (`dpolab.training.policy.load_model`).
+
+What cannot be reproduced stops with one line naming the class and what is missing. A model whose
+final modules cannot be isolated still trains at its final layer; only intermediate layers (the
+logit lens) are refused for it, with the reason (`Anatomy.lens_problem`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from dpolab.errors import DpolabError
+from dpolab.modeling.probe import Found, LogitTransform, discover, eval_mode, linear_head, text_config
+from dpolab.modeling.router import RouterSpec
 
-# model_type -> (attribute path of the decoder blocks, attribute path of the final norm)
-_FAMILIES: dict[str, tuple[str, str]] = {
-    "llama": ("model.layers", "model.norm"),
-    "mistral": ("model.layers", "model.norm"),
-    "qwen2": ("model.layers", "model.norm"),
-    "qwen3": ("model.layers", "model.norm"),
-    "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm"),
-    "gpt2": ("transformer.h", "transformer.ln_f"),
-}
-
-# Config attributes that change the logits after the output head; a family that sets them needs
-# support of its own, so dpolab refuses it rather than computing different log-probs.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
-
-SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
+__all__ = ["Anatomy", "LogitTransform", "anatomy", "eval_mode", "unwrap"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,9 @@ class Anatomy:
     """The parts of a causal LM that the layer-wise log-probs need.
 
     `blocks[k - 1]` outputs layer k (numbered from 1, as `hidden_states[k]` in Hugging Face terms);
-    `num_layers` is L, the final layer.
+    `num_layers` is L, the final layer. `final_norm` is everything the model runs between its last
+    block and its head (one module, an `nn.Sequential` of several, or `nn.Identity`), and `logits`
+    what it does after the head: the logit lens of layer k is `logits(head(final_norm(h_k)))`.
     """
 
     causal_lm: nn.Module
@@ -44,6 +57,40 @@ class Anatomy:
     final_norm: nn.Module
     head: nn.Linear
     num_layers: int
+    logits: LogitTransform = field(default_factory=LogitTransform)
+    lens_problem: str | None = None  # why intermediate layers cannot be read (None: they can)
+    router: RouterSpec | None = None  # a mixture-of-experts model's routers
+
+    @property
+    def name(self) -> str:
+        return type(self.causal_lm).__name__
+
+    def check_lens(self) -> None:
+        """Fail with the reason when the logit lens is not defined for this model."""
+        if self.lens_problem is not None:
+            raise DpolabError(
+                f"{self.name}: intermediate layers (the logit lens: final norm + shared head) are not "
+                f"defined for it: {self.lens_problem}; train the final layer only"
+            )
+
+    def describe(self) -> str:
+        """One line for the log: where the parts are and what the logits get."""
+        names = {id(m): n for n, m in self.causal_lm.named_modules()}
+        final = self.final_norm
+        modules = (
+            list(final)
+            if isinstance(final, nn.Sequential)
+            else []
+            if isinstance(final, nn.Identity)
+            else [final]
+        )
+        final_names = " → ".join(names.get(id(m), type(m).__name__) for m in modules) or "none"
+        lens = "logit lens defined" if self.lens_problem is None else "no logit lens"
+        moe = f", router {self.router.describe()}" if self.router is not None else ""
+        return (
+            f"{self.name}: {self.num_layers} blocks ({names.get(id(self.blocks), '?')}), final modules "
+            f"{final_names}, logit transform {self.logits.describe()}, {lens}{moe}"
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -62,59 +109,69 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module:
-    obj = root
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def check_supported(config) -> None:
-    """Fail with a clear message if dpolab cannot compute layer-wise log-probs for this config."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _FAMILIES:
-        archs = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
-        raise DpolabError(
-            f"model {archs} (model_type {model_type!r}) is not a family dpolab knows how to take log-probs "
-            f"from; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    for name in _LOGIT_TRANSFORMS:
-        value = getattr(config, name, None)
-        if value not in (None, 1, 1.0):
-            raise DpolabError(
-                f"model_type {model_type!r} sets {name}={value}, which dpolab does not apply to its logits"
-            )
+_FOUND: weakref.WeakKeyDictionary[nn.Module, Found] = weakref.WeakKeyDictionary()
 
 
 def anatomy(model: nn.Module) -> Anatomy:
-    """Find the decoder blocks, final norm and output head of a (possibly wrapped) causal LM."""
+    """The decoder blocks, final modules, output head and logit transform of a (possibly wrapped)
+    causal LM; discovered by a probe forward the first time a model is seen."""
     causal_lm = unwrap(model)
-    config = getattr(causal_lm, "config", None)
-    if config is None or getattr(config, "model_type", None) not in _FAMILIES:
-        name = type(causal_lm).__name__
-        raise DpolabError(
-            f"{name} is not a model class dpolab knows how to take layer-wise log-probs from; "
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    check_supported(config)
-    blocks_path, norm_path = _FAMILIES[config.model_type]
-    blocks = _get_path(causal_lm, blocks_path)
-    head = causal_lm.get_output_embeddings()
-    if not isinstance(head, nn.Linear):
-        raise DpolabError(
-            f"{type(causal_lm).__name__}: its output head is not a linear layer ({type(head).__name__})"
-        )
+    found = _FOUND.get(causal_lm)
+    if found is None:
+        found = discover(causal_lm, model)
+        _FOUND[causal_lm] = found
+    modules = [causal_lm.get_submodule(name) for name in found.final]
+    final = modules[0] if len(modules) == 1 else nn.Sequential(*modules) if modules else nn.Identity()
+    blocks = causal_lm.get_submodule(found.blocks)
     return Anatomy(
         causal_lm=causal_lm,
         blocks=blocks,
-        final_norm=_get_path(causal_lm, norm_path),
-        head=head,
+        final_norm=final,
+        head=linear_head(causal_lm),
         num_layers=len(blocks),
+        logits=found.logits,
+        lens_problem=found.lens_problem,
+        router=found.router,
     )
+
+
+def logprobs_agree(ours: torch.Tensor, theirs: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether two computations of the same tokens' log-probs agree, for a model run in `dtype`:
+    to 1e-4 per token in fp32 (the same maths in another order); in half precision, where two
+    kernels round differently, to 0.05 on average and 1 at most (a wrong position, mask or logit
+    transform moves them by far more, in a trained model; in a tiny random one, whose predictions
+    are near uniform, by 1e-3 and up)."""
+    if ours.numel() == 0:
+        return True
+    diff = (ours.double() - theirs.double()).abs()
+    if dtype in (torch.float32, torch.float64):
+        return bool(diff.max() <= 1e-4)
+    return bool(diff.mean() <= 0.05 and diff.max() <= 1.0)
+
+
+def check_supported(config) -> None:
+    """Fail before any weight loads when a config cannot be a decoder-only causal LM; everything
+    else is found from the model itself once loaded (`anatomy`)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    archs = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+    if getattr(config, "is_encoder_decoder", False):
+        raise DpolabError(
+            f"model {archs} (model_type {model_type!r}) is an encoder-decoder model; dpolab trains "
+            f"decoder-only causal LMs"
+        )
+    auto_map = getattr(config, "auto_map", None) or {}
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "AutoModelForCausalLM" not in auto_map:
+        raise DpolabError(
+            f"model {archs} (model_type {model_type!r}) has no causal-LM class in transformers "
+            f"(AutoModelForCausalLM); dpolab trains causal LMs"
+        )
 
 
 def num_layers_of(config) -> int:
     """L, the number of transformer blocks, read from a config (no weights needed)."""
+    config = text_config(config)
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, name, None)
         if isinstance(value, int):

@@ -1,4 +1,5 @@
-"""Batches for training: one row per preference pair, the prompt computed once.
+"""Batches for training: one row per preference pair, the prompt computed once (or, for the models
+that cannot take such a row, two: see `dpolab.modeling.layout`).
 
 A pair row is `prompt + chosen + rejected`, right-padded. The rejected completion takes the
 positions the chosen one had (both continue the prompt), and `segment_ids` let
@@ -15,6 +16,14 @@ Example, prompt [1 2 3], chosen [4 5], rejected [6]:
     position_ids  0 1 2 3 4 3
     scored        4 predicted at position 2, 5 at 3 (sequence 0); 6 predicted at position 2 (sequence 1)
     prompt        (with `score_prompt`) 2 predicted at position 0, 3 at 1 (prompt 0)
+
+With `packed=False` (the separate layout), pair b is rows 2b (`prompt + chosen`) and 2b + 1
+(`prompt + rejected`), right-padded, with a 2-D `attention_mask`; the targets, their order and the
+sequence numbering are the same, so nothing downstream knows which layout it got:
+
+    input_ids       1 2 3 4 5        attention_mask  1 1 1 1 1
+                    1 2 3 6 0                        1 1 1 1 0
+    scored          4 at position 2, 5 at 3 (sequence 0); 6 at position 5 + 2 (sequence 1)
 """
 
 from __future__ import annotations
@@ -80,13 +89,65 @@ class PairCollator:
     rejected] per layer (precomputed reference); they are stacked into `(num_layers, 2·batch)`.
     With `score_prompt`, the batch also names the prompts' own tokens (each from its second; the
     first has nothing before it) as `prompt_target_*`, for `batch_prompt_targets` (ORPO's NLL).
+    `packed` chooses the layout (`dpolab.modeling.layout.RowLayout.packed`).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     score_prompt: bool = False
+    packed: bool = True
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._packed(examples) if self.packed else self._separate(examples)
+        if "ref_logps" in examples[0]:
+            ref = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)  # (B, layers, 2)
+            batch["ref_logps"] = ref.permute(1, 0, 2).reshape(
+                ref.shape[1], -1
+            )  # (layers, 2B): c0 r0 c1 r1 ...
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+        return batch
+
+    def _separate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        rows, t_pos, t_tok, t_seg = [], [], [], []
+        p_pos, p_tok, p_seg = [], [], []
+        width = max(
+            len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples
+        )
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        for b, e in enumerate(examples):
+            p = list(e["prompt_ids"])
+            _check_prompt(b, p)
+            n_p = len(p)
+            if self.score_prompt:  # from the chosen row: prompt token j ≥ 1 is predicted at j − 1
+                p_pos += [2 * b * width + j - 1 for j in range(1, n_p)]
+                p_tok += p[1:]
+                p_seg += [b] * (n_p - 1)
+            for s, completion in ((2 * b, e["chosen_ids"]), (2 * b + 1, e["rejected_ids"])):
+                rows.append(p + list(completion))
+                for j, tok in enumerate(completion):  # token j is predicted at position n_p − 1 + j
+                    t_pos.append(s * width + n_p - 1 + j)
+                    t_tok.append(tok)
+                    t_seg.append(s)
+        batch: dict[str, Any] = {
+            "input_ids": _pad(rows, self.pad_token_id, self.pad_to_multiple_of)[:, :width],
+            "attention_mask": _pad([[1] * len(r) for r in rows], 0, self.pad_to_multiple_of)[:, :width],
+            "target_positions": torch.tensor(t_pos, dtype=torch.long),
+            "target_tokens": torch.tensor(t_tok, dtype=torch.long),
+            "target_segments": torch.tensor(t_seg, dtype=torch.long),
+            "num_sequences": 2 * len(examples),
+        }
+        if self.score_prompt:
+            batch.update(
+                prompt_target_positions=torch.tensor(p_pos, dtype=torch.long),
+                prompt_target_tokens=torch.tensor(p_tok, dtype=torch.long),
+                prompt_target_segments=torch.tensor(p_seg, dtype=torch.long),
+                num_prompts=len(examples),
+            )
+        return batch
+
+    def _packed(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         rows, segments, positions = [], [], []
         t_pos, t_tok, t_seg = [], [], []
         p_pos, p_tok, p_seg = [], [], []
@@ -132,13 +193,6 @@ class PairCollator:
                 prompt_target_segments=torch.tensor(p_seg, dtype=torch.long),
                 num_prompts=len(examples),
             )
-        if "ref_logps" in examples[0]:
-            ref = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)  # (B, layers, 2)
-            batch["ref_logps"] = ref.permute(1, 0, 2).reshape(
-                ref.shape[1], -1
-            )  # (layers, 2B): c0 r0 c1 r1 ...
-        if "index" in examples[0]:
-            batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
         return batch
 
 

@@ -8,9 +8,9 @@ for it, the same chunk loop also gives each row's `log Σ_v p_v²` (WPO's weight
     token_logprobs()
     ├── _gather_dtensor()            FSDP2: the full head weight, differentiably
     └── _ChunkedTokenLogprobs.apply()
-        ├── forward: per chunk, logits → lse, target log-prob (softmax·W for a frozen head,
-        │            log Σ p² when asked)
-        └── backward: per chunk, logits again → (onehot − softmax)·g → grads of hidden, W, b
+        ├── forward: per chunk, logits → the model's transform (scale, softcap) → lse, target
+        │            log-prob (Σ p·T'·W for a frozen head, log Σ p² when asked)
+        └── backward: per chunk, logits again → (onehot − softmax)·T'·g → grads of hidden, W, b
 """
 
 from __future__ import annotations
@@ -80,13 +80,29 @@ def _zero3_partitioned(param: torch.Tensor) -> bool:
     return status is not None and status.name != "AVAILABLE"
 
 
+def _transform_(logits: torch.Tensor, scale: float, softcap: float | None):
+    """The model's logit transform applied in place: `(y, t)` with y = c·tanh(s·z/c) and t the
+    tanh (kept for the derivative) under a softcap c, else y = s·z and t None."""
+    if softcap is None:
+        return (logits.mul_(scale) if scale != 1.0 else logits), None
+    t = logits.mul_(scale / softcap).tanh_()
+    return t * softcap, t
+
+
+def _transform_slope_(t: torch.Tensor | None, scale: float) -> torch.Tensor | float:
+    """dy/dz of `_transform_`: s·(1 − t²) under a softcap (computed in place in t), else s."""
+    return scale if t is None else t.square_().neg_().add_(1.0).mul_(scale)
+
+
 class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """log softmax(h W^T + b)[target] for each row, `chunk` rows at a time.
+    """log softmax(T(h W^T + b))[target] for each row, `chunk` rows at a time, where T is the
+    model's logit transform (a scale s, a softcap c: `dpolab.modeling.anatomy.LogitTransform`).
 
     Forward keeps, per row, only the log-partition `lse`. Backward recomputes each chunk's logits
-    (one chunk alive at a time) to form d logp / d logits = onehot(target) − softmax. When the head
-    is frozen (LoRA), forward instead keeps the expected output embedding softmax·W of each row,
-    `(N, d)`, so that backward needs no recomputation: d logp / d h = W[target] − softmax·W.
+    (one chunk alive at a time; two under a softcap, whose slope needs the tanh) to form
+    d logp / d z = (onehot(target) − softmax)·T'(z). When the head is frozen (LoRA), forward instead
+    keeps Σ_v p_v·T'(z_v)·W_v of each row, `(N, d)`, and T'(z_target), so that backward needs no
+    recomputation: d logp / d h = T'(z_target)·W[target] − Σ_v p_v·T'(z_v)·W_v.
 
     The softmax is taken in place in each chunk's logits: one `(chunk, V)` tensor alive at a time.
     With `sum_sq`, the second output is `log Σ_v p_v²` of each row (no gradient), from the same
@@ -96,7 +112,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens, chunk, sum_sq):
+    def forward(ctx, hidden, weight, bias, tokens, chunk, sum_sq, scale, softcap):
         n_rows = hidden.shape[0]
         acc = _accumulation_dtype(hidden.dtype)
         out = torch.empty(n_rows, dtype=acc, device=hidden.device)
@@ -108,10 +124,14 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             and not (bias is not None and ctx.needs_input_grad[2])
         )
         expected = torch.empty_like(hidden) if keep_expected else None
+        target_slope = torch.full((n_rows,), scale, dtype=acc, device=hidden.device)
+        rows = torch.arange(min(chunk, n_rows), device=hidden.device)
         with _full_head(weight, bias) as (full_weight, full_bias):
             for start in range(0, n_rows, chunk):
                 end = min(start + chunk, n_rows)
-                logits = _chunk_logits(hidden[start:end], full_weight, full_bias)
+                logits, tanh = _transform_(
+                    _chunk_logits(hidden[start:end], full_weight, full_bias), scale, softcap
+                )
                 target = logits.gather(1, tokens[start:end, None]).squeeze(1)
                 top = logits.amax(dim=1, keepdim=True)
                 sums = logits.sub_(top).exp_().sum(dim=1)  # the chunk now holds exp(logits − max)
@@ -121,12 +141,19 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 if sum_sq:  # log Σ p² = log Σ e² − 2·log Σ e, with Σ e² = ‖e‖₂² (e ≤ 1, its max is 1)
                     norm = torch.linalg.vector_norm(logits, dim=1)
                     log_sum_sq[start:end] = 2.0 * (norm.log() - sums.log())
-                if keep_expected:  # softmax·W = (exp(logits − max)·W) / sum
+                if keep_expected:  # Σ p·T'·W = (exp(logits − max)·T'·W) / sum
+                    if tanh is not None:
+                        slope = _transform_slope_(tanh, scale)
+                        target_slope[start:end] = slope[rows[: end - start], tokens[start:end]]
+                        logits.mul_(slope)
+                    elif scale != 1.0:
+                        logits.mul_(scale)
                     mixed = logits.to(full_weight.dtype) @ full_weight
                     expected[start:end] = (mixed / sums[:, None].to(mixed.dtype)).to(hidden.dtype)
-                del logits  # before the next chunk's product, or two chunks would be alive at once
+                del logits, tanh  # before the next chunk's product, or two chunks would be alive at once
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
+        ctx.scale, ctx.softcap = scale, softcap
         # the backward's recomputation must round the logits as this forward did (under autocast, the
         # product is taken in the autocast dtype; backward would otherwise run outside autocast)
         ctx.autocast_dtype = _autocast_dtype(hidden.device.type)
@@ -137,6 +164,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             tokens,
             lse,
             expected if keep_expected else hidden.new_empty(0),
+            target_slope if keep_expected else hidden.new_empty(0),
         )
         ctx.keep_expected = keep_expected
         ctx.mark_non_differentiable(log_sum_sq)
@@ -144,11 +172,12 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_log_sum_sq):
-        hidden, weight, bias, tokens, lse, expected = ctx.saved_tensors
+        hidden, weight, bias, tokens, lse, expected, target_slope = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = _accumulation_dtype(hidden.dtype)
         grad_out = grad_out.to(acc)
+        none = (None,) * 5
         autocast = (
             torch.autocast(hidden.device.type, dtype=ctx.autocast_dtype)
             if ctx.autocast_dtype is not None
@@ -156,10 +185,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         )
         with _full_head(weight, bias) as (weight, bias), autocast:
             if ctx.keep_expected:
-                grad_hidden = grad_out[:, None].to(hidden.dtype) * (
-                    weight[tokens].to(hidden.dtype) - expected
-                )
-                return grad_hidden, None, None, None, None, None
+                target_rows = weight[tokens].to(hidden.dtype) * target_slope[:, None].to(hidden.dtype)
+                grad_hidden = grad_out[:, None].to(hidden.dtype) * (target_rows - expected)
+                return grad_hidden, None, None, *none
 
             n_rows, vocab = hidden.shape[0], weight.shape[0]
             grad_hidden = torch.empty_like(hidden) if need_h else None
@@ -170,10 +198,16 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 end = min(start + ctx.chunk, n_rows)
                 g = grad_out[start:end]
                 h = hidden[start:end]
-                # d logp/d logits = onehot(target) − softmax; times the incoming gradient g, row by row
-                grad_logits = _chunk_logits(h, weight, bias)
+                # d logp/d y = onehot(target) − softmax; times the incoming gradient g, row by row,
+                # then times the transform's slope dy/dz
+                grad_logits, tanh = _transform_(_chunk_logits(h, weight, bias), ctx.scale, ctx.softcap)
                 grad_logits.sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
                 grad_logits[rows[: end - start], tokens[start:end]] += g
+                if tanh is not None:
+                    grad_logits.mul_(_transform_slope_(tanh, ctx.scale))
+                elif ctx.scale != 1.0:
+                    grad_logits.mul_(ctx.scale)
+                del tanh
                 if need_h:
                     if grad_hidden.dtype == acc and weight.dtype == acc:
                         torch.mm(grad_logits, weight, out=grad_hidden[start:end])
@@ -188,9 +222,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_hidden,
             grad_weight.to(weight.dtype) if need_w else None,
             grad_bias.to(bias.dtype) if need_b else None,
-            None,
-            None,
-            None,
+            *none,
         )
 
 
@@ -202,6 +234,8 @@ def token_logprobs(
     *,
     chunk_tokens: int | None = None,
     log_sum_sq: bool = False,
+    scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(token | hidden) for each row, never holding more than `chunk_tokens` rows of logits.
 
@@ -211,12 +245,14 @@ def token_logprobs(
         tokens: `(N,)` target token ids.
         chunk_tokens: rows per chunk (default: 64 MiB of fp32 logits).
         log_sum_sq: also return `log Σ_v p_v²` of each row's distribution (WPO's weights), detached.
+        scale, softcap: the model's logit transform, logits = c·tanh(s·z/c) (softcap c), else s·z,
+            z = h W^T + b (`dpolab.modeling.anatomy.LogitTransform`).
     Returns:
         `(N,)` fp32 log-probs (fp64 for fp64 inputs), differentiable w.r.t. hidden, weight and bias;
         with `log_sum_sq`, the pair (log-probs, `(N,)` log Σ p², no gradient).
 
     Naive equivalent (what the tests compare against), for fp32 and the half types:
-        logp = torch.log_softmax((hidden @ weight.T + bias).float(), -1)
+        logp = torch.log_softmax(T((hidden @ weight.T + bias).float()), -1)   # T: scale, softcap
         logp.gather(1, tokens[:, None]).squeeze(1), torch.logsumexp(2 * logp, -1)
     """
     if chunk_tokens is not None and chunk_tokens < 1:
@@ -227,5 +263,16 @@ def token_logprobs(
         # keep the result connected to the graph, so that an empty batch still back-propagates zeros
         empty = hidden.sum(dim=-1).to(_accumulation_dtype(hidden.dtype)) + weight.sum() * 0
         return (empty, empty.detach()) if log_sum_sq else empty
-    out, sum_sq = _ChunkedTokenLogprobs.apply(hidden, weight, bias, tokens, chunk, log_sum_sq)
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"softcap must be positive, got {softcap}")
+    out, sum_sq = _ChunkedTokenLogprobs.apply(
+        hidden,
+        weight,
+        bias,
+        tokens,
+        chunk,
+        log_sum_sq,
+        float(scale),
+        None if softcap is None else float(softcap),
+    )
     return (out, sum_sq) if log_sum_sq else out

@@ -5,14 +5,21 @@ hooks keep the outputs of the requested blocks, and the output head's own forwar
 for that call only, by a function that
 
   1. gathers the hidden states at the positions that predict a completion token (no others),
-  2. passes intermediate ones through the model's final norm (the logit lens; switchable off),
-  3. projects them through the shared head in chunks of tokens (`token_logprobs`), and
+  2. passes intermediate ones through the model's final modules (the logit lens; switchable off),
+  3. projects them through the shared head in chunks of tokens (`token_logprobs`), with the
+     model's own logit transform (Gemma 2's softcap, Cohere's scale: `dpolab.modeling.anatomy`),
   4. sums the log-probs of each sequence (the per-token ones are kept too, for the objectives
      that weigh tokens: LD-DPO, WPO).
 
+The forward's inputs (masks, positions) come from the model's row layout
+(`dpolab.modeling.layout`); a mixture-of-experts model's router logits can be read in the same
+forward for its load-balancing loss (`dpolab.modeling.router`).
+
 Running inside the head's forward keeps it inside the model's forward, so the wrappers that
 gather sharded parameters around a module's forward (FSDP, DeepSpeed ZeRO-3) and DDP's gradient
-hooks see an ordinary call.
+hooks see an ordinary call. The log-probs are taken as the head returns them, not from the
+forward's logits: the model applies its logit transform to whatever its head returns, and dpolab
+has applied it already, inside the chunked projection.
 
 Which hidden state scores which token is given by `TokenTargets`; `targets_from_completion_mask`
 builds it for the usual layout (token t of a row predicted by position t − 1). The packed pair
@@ -24,15 +31,16 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dpolab.modeling.anatomy import Anatomy, anatomy
-from dpolab.modeling.attention import positions_from_attention_mask, segment_attention_mask
 from dpolab.modeling.head import token_logprobs
+from dpolab.modeling.layout import router_token_weights, row_layout
+from dpolab.modeling.router import capture_router_logits, load_balancing_loss
 
 # ----------------------------------------------------------------------------------------------
 # Which hidden states score which tokens
@@ -97,6 +105,7 @@ class LayerLogprobs:
     # the prompts' own tokens (from each prompt's second), when asked: ORPO's NLL counts them
     prompt_logps: torch.Tensor | None = None  # (len(layers), num_prompts) sums
     prompt_num_tokens: torch.Tensor | None = None  # (num_prompts,)
+    aux_loss: torch.Tensor | None = None  # () a MoE router's load-balancing loss, when asked
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         return self.logps[self.layers.index(layer)]
@@ -160,14 +169,16 @@ def layer_logprobs(
     targets: TokenTargets | None = None,
     prompt_targets: TokenTargets | None = None,
     log_sum_sq: bool = False,
+    router_aux: bool = False,
 ) -> LayerLogprobs:
     """Summed completion log-probs per sequence, for each layer in `layers`, from ONE forward pass.
 
     Args:
-        model: a Hugging Face causal LM of a supported family, possibly wrapped (peft, DDP, FSDP).
+        model: a Hugging Face causal LM, possibly wrapped (peft, DDP, FSDP).
         batch: `input_ids` `(B, T)`; either `attention_mask` `(B, T)` (1 on real tokens, padding on
             either side) or `segment_ids` `(B, T)` with `position_ids` for packed rows (see
-            `segment_attention_mask`); and `completion_mask` `(B, T)` unless `targets` is given.
+            `segment_attention_mask`; only for a model whose `row_layout` is packed); and
+            `completion_mask` `(B, T)` unless `targets` is given.
         layers: layer numbers k ∈ 1..L (L = the final layer, the model's ordinary output); None
             means `[L]`. Layer k < L is `hidden_states[k]`, the output of the k-th block.
         final_norm: pass intermediate layers through the model's final norm before the head.
@@ -176,24 +187,22 @@ def layer_logprobs(
         prompt_targets: further tokens to score in the same projection, summed apart into
             `prompt_logps` (the prompts' own tokens, for ORPO's NLL).
         log_sum_sq: also keep each target's `log Σ_v p_v²` (WPO), from inside the chunked head.
+        router_aux: also compute a MoE model's load-balancing loss (`LayerLogprobs.aux_loss`).
     Returns:
         `LayerLogprobs` with `logps` `(len(layers), num_segments)`, and per-token `token_logps`.
     """
     parts = anatomy(model)
     layers = resolve_layers(layers, parts.num_layers)
+    if any(k != parts.num_layers for k in layers):
+        parts.check_lens()
+    if router_aux and parts.router is None:
+        raise ValueError(f"{parts.name} has no mixture-of-experts router to take a load-balancing loss of")
     input_ids = batch["input_ids"]
     if targets is None:
         targets = targets_from_completion_mask(input_ids, batch["completion_mask"])
-    segment_ids = batch.get("segment_ids")
-    if segment_ids is not None:
-        dtype = parts.head.weight.dtype if parts.head.weight.is_floating_point() else torch.float32
-        attention_mask = segment_attention_mask(segment_ids, dtype)
-        position_ids = batch["position_ids"]
-    else:
-        attention_mask = batch["attention_mask"]
-        position_ids = batch.get("position_ids")
-        if position_ids is None:
-            position_ids = positions_from_attention_mask(attention_mask)
+    dtype = parts.head.weight.dtype if parts.head.weight.is_floating_point() else torch.float32
+    inputs = row_layout(model).model_inputs(batch, dtype)
+    transform = parts.logits
 
     captured: dict[int, torch.Tensor] = {}
     final_layer = parts.num_layers
@@ -212,23 +221,40 @@ def layer_logprobs(
             if k != final_layer and final_norm:
                 h = norm(h)
             out = token_logprobs(
-                h, head_self.weight, head_self.bias, tokens, chunk_tokens=chunk_tokens, log_sum_sq=log_sum_sq
+                h,
+                head_self.weight,
+                head_self.bias,
+                tokens,
+                chunk_tokens=chunk_tokens,
+                log_sum_sq=log_sum_sq,
+                scale=transform.scale,
+                softcap=transform.softcap,
             )
             if log_sum_sq:
                 out, layer_sum_sq = out
                 sum_sq.append(layer_sum_sq)
             per_layer.append(out)
-        return torch.stack(per_layer)  # (len(layers), N [+ prompt tokens]) per-token log-probs
+        # (len(layers), N [+ prompt tokens]) per-token log-probs, kept here as the head returns
+        # them: the model may transform what its head returns (Gemma 2 softcaps it, Granite divides
+        # it) into its `logits`, which are dropped. Returned all the same, so that they are the
+        # head's output: FSDP and ZeRO-3 gather the head's weight again for the backward through
+        # it by hooks on that output, and DDP finds the used parameters from the forward's outputs
+        result = torch.stack(per_layer)
+        head_results.append(result)
+        return result
 
-    with _capture_blocks(parts, layers, captured), _head_forward(parts.head, head_forward):
-        output = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        )
+    head_results: list[torch.Tensor] = []
+    router_logits: list[torch.Tensor] = []
+    routers = (
+        capture_router_logits(parts.causal_lm, parts.router, router_logits) if router_aux else nullcontext()
+    )
+    with _capture_blocks(parts, layers, captured), _head_forward(parts.head, head_forward), routers:
+        output = model(**inputs, use_cache=False)
+    if not head_results:
+        raise RuntimeError(f"{parts.name}'s forward did not call its output head")
+    del output  # its logits: what the model made of the head's log-probs
     n = targets.tokens.shape[0]
-    token_lp = output.logits
+    token_lp = head_results[0]
     result = LayerLogprobs(
         layers=layers,
         logps=segment_sums(token_lp[:, :n], targets.segments, targets.num_segments),
@@ -236,6 +262,11 @@ def layer_logprobs(
         token_logps=token_lp[:, :n],
         segments=targets.segments,
         log_sum_sq=torch.stack(sum_sq)[:, :n] if log_sum_sq else None,
+        aux_loss=(
+            load_balancing_loss(parts.router, router_logits, router_token_weights(batch))
+            if router_aux
+            else None
+        ),
     )
     if prompt_targets is not None:
         result.prompt_logps = segment_sums(

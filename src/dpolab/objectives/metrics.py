@@ -27,6 +27,21 @@ class ObjectiveOutput:
     metrics: Metrics  # name -> (items,) per-item values, averaged with equal weights
 
 
+def with_aux_loss(out: ObjectiveOutput, aux_loss: torch.Tensor, coef: float) -> ObjectiveOutput:
+    """The objective plus a mixture-of-experts router's load-balancing loss, `loss + coef·aux_loss`
+    (as TRL's DPOTrainer adds it), with `aux_loss` logged as a metric (the batch's value for each
+    item) and added to each item's loss (so the eval loss carries it as the train loss does)."""
+    extra = coef * aux_loss
+    items = out.item_losses.shape[0]
+    metrics = {**out.metrics, "aux_loss": aux_loss.detach().float().expand(items)}
+    return ObjectiveOutput(
+        loss=out.loss + extra,
+        item_losses=out.item_losses + extra.detach(),
+        item_weights=out.item_weights,
+        metrics=metrics,
+    )
+
+
 PAIR_METRICS = (
     "rewards/chosen",
     "rewards/rejected",

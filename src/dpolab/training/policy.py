@@ -13,21 +13,29 @@ from torch import nn
 
 from dpolab.config.schema import ModelSection
 from dpolab.errors import DpolabError
-from dpolab.modeling.anatomy import check_supported
+from dpolab.modeling.anatomy import anatomy
+from dpolab.modeling.layout import choose_attention
 from dpolab.modeling.loading import adapter_base, first_line, load_causal_lm
 
 log = logging.getLogger("dpolab")
 
 
 def load_model(name_or_path: str, section: ModelSection) -> nn.Module:
-    """A model of the run, with the section's dtype, attention and remote-code settings."""
+    """A model of the run, with the section's dtype, attention and remote-code settings; its parts
+    found (`anatomy`: a model dpolab cannot score exactly stops here, with one line) and, with
+    attention `auto`, the implementation chosen under which its pairs fit one row each."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    requested = section.attn_implementation
     model = load_causal_lm(
         name_or_path,
         dtype=section.dtype,
-        attn_implementation=section.attn_implementation,
+        attn_implementation=None if requested == "auto" else requested,
         trust_remote_code=section.trust_remote_code,
     )
-    check_supported(model.config)
+    if not is_deepspeed_zero3_enabled():  # partitioned weights: found inside DeepSpeed's engine
+        anatomy(model)
+        choose_attention(model, requested)
     return model
 
 

@@ -9,12 +9,12 @@ All three give `logps(batch) -> (len(layers), 2B)` summed log-probs in the order
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from dpolab.modeling.anatomy import eval_mode
 from dpolab.modeling.collate import batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.objectives.sequences import sequence_logps
@@ -64,19 +64,6 @@ def _peft_model(model: nn.Module):
             raise TypeError(f"{type(model).__name__} has no LoRA adapters to disable")
         model = inner
     return model
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """`model` in eval mode (no dropout) inside the block; every submodule gets back the mode it
-    had (a module the caller kept in eval mode stays so)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class AdapterDisabledReference:

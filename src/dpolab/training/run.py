@@ -53,6 +53,7 @@ class PreparedRun:
     objective: Any
     collator: Any
     reference: Any  # dpolab.training.reference, or None
+    aux_loss_coef: float  # the weight of a MoE router's load-balancing loss (0: none)
     output_dir: Path
     resume: str | None
     first_process: bool
@@ -150,7 +151,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
         trainable / 1e6,
     )
     objective = stage.objective(config, num_layers)
-    collator = stage.collator(tokenizer, objective)
+    collator, aux_loss_coef = _check_model(config, stage, policy, objective, tokenizer, data)
     reference = build_reference(config, policy, objective, data, collator, args, given)
     return PreparedRun(
         config=config,
@@ -163,11 +164,39 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
         objective=objective,
         collator=collator,
         reference=reference,
+        aux_loss_coef=aux_loss_coef,
         output_dir=output_dir,
         resume=resume,
         first_process=first_process,
         resume_step=resumed_step(resume),
     )
+
+
+def _check_model(config: RunConfig, stage: Stage, policy, objective, tokenizer, data):
+    """(collator, router aux-loss weight): what dpolab found in the loaded policy, said once in the
+    log; intermediate layers refused where the logit lens is not defined; the row layout the
+    model takes, confirmed on the first training examples (`dpolab.modeling.selfcheck`)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from dpolab.modeling.anatomy import anatomy
+    from dpolab.modeling.layout import row_layout
+    from dpolab.modeling.router import aux_loss_coefficient
+    from dpolab.modeling.selfcheck import self_check
+
+    layout = row_layout(policy)
+    collator = stage.collator(tokenizer, objective, packed=layout.packed)
+    if is_deepspeed_zero3_enabled():  # weights partitioned outside DeepSpeed's engine: nothing to probe
+        log.info("rows: %s", layout.describe())
+        return collator, float(config.model.router_aux_loss_coef or 0.0)
+    parts = anatomy(policy)
+    log.info("model: %s", parts.describe())
+    log.info("rows: %s", layout.describe())
+    if any(k != parts.num_layers for k in objective.layers):
+        parts.check_lens()
+    coef = aux_loss_coefficient(parts, config.model.router_aux_loss_coef)
+    if coef:
+        log.info("aux_loss: the router's load-balancing loss × %g is added to the loss", coef)
+    return self_check(policy, data.train, collator), coef
 
 
 def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
@@ -190,6 +219,7 @@ def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
         processing_class=prepared.tokenizer,
         objective=prepared.objective,
         reference=prepared.reference,
+        aux_loss_coef=prepared.aux_loss_coef,
     )
     trainer.nonfinite = NonFiniteLossCallback(lambda: trainer.nonfinite_step.item())
     trainer.add_callback(MetricsJsonlCallback(prepared.output_dir))

@@ -62,10 +62,14 @@ class PreferenceStage:
                     f"{config.model.name_or_path} ({num_layers} layers; the final layer {num_layers} is always trained)"
                 )
 
-    def collator(self, tokenizer, objective: PreferenceObjective | None = None) -> PairCollator:
-        """Pair rows; with the prompts' tokens among the targets when the objective scores them (ORPO)."""
+    def collator(
+        self, tokenizer, objective: PreferenceObjective | None = None, *, packed: bool = True
+    ) -> PairCollator:
+        """Pair rows (one per pair, or two for a model that cannot take that: `packed`,
+        dpolab.modeling.layout); with the prompts' tokens among the targets when the objective
+        scores them (ORPO)."""
         score_prompt = objective is not None and objective.scores_prompt
-        return PairCollator(pad_token_id=tokenizer.pad_token_id, score_prompt=score_prompt)
+        return PairCollator(pad_token_id=tokenizer.pad_token_id, score_prompt=score_prompt, packed=packed)
 
     def needs_reference(self, config: RunConfig) -> bool:
         return needs_reference(config.loss)
@@ -104,7 +108,10 @@ class SFTStage:
     def check_model(self, config: RunConfig, num_layers: int) -> None:
         pass
 
-    def collator(self, tokenizer, objective: SFTObjective | None = None) -> SequenceCollator:
+    def collator(
+        self, tokenizer, objective: SFTObjective | None = None, *, packed: bool = True
+    ) -> SequenceCollator:
+        """One row per sequence, whatever the model (`packed` concerns pairs only)."""
         return SequenceCollator(pad_token_id=tokenizer.pad_token_id)
 
     def needs_reference(self, config: RunConfig) -> bool:

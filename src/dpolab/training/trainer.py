@@ -6,7 +6,8 @@ this subclass only computes the loss of a batch and hands its per-pair metrics t
     └── compute_loss()
         ├── layer_logprobs(policy)       one forward: final + intermediate layers (+ prompts, WPO's Σp²)
         ├── reference.logps()            a frozen copy, adapters off, or precomputed (or none)
-        └── objective()                  loss, per-pair losses and metrics
+        ├── objective()                  loss, per-pair losses and metrics
+        └── with_aux_loss()              a MoE router's load-balancing loss, when its weight is not 0
     log()                                adds the train metrics' means since the last log
     evaluation_loop()                    (transformers)
     └── prediction_step()                per-pair [loss, weight, metrics...] as the "predictions",
@@ -29,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dpolab.modeling.collate import batch_prompt_targets, batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
-from dpolab.objectives.metrics import ObjectiveOutput
+from dpolab.objectives.metrics import ObjectiveOutput, with_aux_loss
 from dpolab.training.checkpoints import TRAINER_STATE, checkpoint_full_error, rotate_checkpoints, staged_save
 
 
@@ -80,17 +81,28 @@ class DpolabTrainer(Trainer):
         objective: a `PreferenceObjective` or `SFTObjective` (dpolab.objectives).
         reference: an object with `logps(batch, policy) -> (layers, 2B)`, or None.
         chunk_tokens: passed to `layer_logprobs`.
+        aux_loss_coef: the weight of a mixture-of-experts router's load-balancing loss (0: none).
         Everything else goes to `transformers.Trainer`.
     """
 
-    def __init__(self, *args, objective, reference=None, chunk_tokens: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        objective,
+        reference=None,
+        chunk_tokens: int | None = None,
+        aux_loss_coef: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(*args, compute_metrics=self._eval_metrics, **kwargs)
         self.objective = objective
         self.reference = reference
         self.chunk_tokens = chunk_tokens
+        self.aux_loss_coef = aux_loss_coef
         self._train_metrics = MetricSums()
         # the columns of the per-item rows prediction_step hands to the evaluation loop
-        self._eval_columns = ("loss", "weight", *objective.metric_names())
+        aux = ("aux_loss",) if aux_loss_coef else ()
+        self._eval_columns = ("loss", "weight", *objective.metric_names(), *aux)
         # our loss is a mean per batch: let the Trainer divide it by the accumulation steps
         self.model_accepts_loss_kwargs = False
         # the first step at which the loss was not finite (-1: none), kept on the device
@@ -108,9 +120,11 @@ class DpolabTrainer(Trainer):
             targets=batch_targets(inputs),
             prompt_targets=batch_prompt_targets(inputs) if self.objective.scores_prompt else None,
             log_sum_sq=self.objective.use_weighting,
+            router_aux=bool(self.aux_loss_coef),
         )
         reference = self.reference.logps(inputs, model) if self.reference is not None else None
-        return self.objective(policy, reference)
+        out = self.objective(policy, reference)
+        return with_aux_loss(out, policy.aux_loss, self.aux_loss_coef) if self.aux_loss_coef else out
 
     def compute_loss(
         self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
