@@ -13,7 +13,7 @@ from torch import nn
 
 from dpolab.config.schema import ModelSection
 from dpolab.errors import DpolabError
-from dpolab.modeling.anatomy import anatomy
+from dpolab.modeling.anatomy import anatomy, check_supported
 from dpolab.modeling.layout import choose_attention
 from dpolab.modeling.loading import adapter_base, first_line, load_causal_lm
 
