@@ -3,6 +3,9 @@
 Every row keeps the number a user would look for: the line number in a JSONL file, the 1-based
 index in a JSON list, a Parquet file or a hub dataset split. A row that cannot be parsed is
 returned with its error instead of being skipped, so that the caller decides (stop or count).
+
+Files are read as streams: a JSONL file line by line, a JSON list element by element (a
+MetaMathQA-size list never exists whole as Python objects), a Parquet file batch by batch.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 @dataclass
 class Row:
-    """One input row: its 1-based number, and either the parsed record or why it has none."""
+    """One input row: its 1-based number, and either the parsed record or why it has none; or,
+    read with `parse=False` from a file that holds rows as JSON text (JSONL, a JSON list), that
+    text, for `parse_record` to parse later (in another process)."""
 
     number: int
     record: dict[str, Any] | None
     error: str | None = None
+    text: str | None = None
 
 
 def looks_like_path(source: str | os.PathLike) -> bool:
@@ -37,10 +43,13 @@ def looks_like_path(source: str | os.PathLike) -> bool:
     return text.lower().endswith(FILE_SUFFIXES) or text.startswith((".", "/", "~"))
 
 
-def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterator[Row]:
+def read_rows(source: str | os.PathLike, *, split: str | None = None, parse: bool = True) -> Iterator[Row]:
     """Rows of a `.jsonl`, `.json` or `.parquet` file, a folder saved by `datasets`, or a hub id.
     A `.json` file holds a list of objects, a dict of columns, `{"data": [...]}`, a single object
     (one row), or JSON Lines (see `_records_of_dict` for how an object is read).
+
+    With `parse=False`, the rows of a JSONL file or a JSON list come back as their JSON `text`,
+    unparsed (`parse_record` gives the record or the error `parse=True` would have given).
 
     Raises `DpolabError` for a missing file, an unknown suffix or an unreachable hub dataset; rows
     that are not JSON objects come back as `Row(number, None, error)`.
@@ -52,9 +61,9 @@ def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterato
     elif path.exists():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            yield from _read_jsonl(path)
+            yield from _read_jsonl(path, parse)
         elif suffix == ".json":
-            yield from _read_json(path)
+            yield from _read_json(path, parse)
         elif suffix == ".parquet":
             yield from _read_parquet(path)
         else:
@@ -65,28 +74,66 @@ def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterato
         yield from _read_hub(text, split)
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
+def parse_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for the JSON text of an object, else (None, why not)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    if isinstance(record, dict):
+        return record, None
+    return None, f"not a JSON object but {type(record).__name__}"
+
+
+def _row(number: int, text: str, parse: bool) -> Row:
+    if not parse:
+        return Row(number, None, text=text)
+    record, error = parse_record(text)
+    return Row(number, record, error)
+
+
+def _read_jsonl(path: Path, parse: bool = True) -> Iterator[Row]:
     with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of row 1
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # blank lines hold no row
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield Row(number, None, f"not valid JSON ({err.msg})")
-                continue
-            if isinstance(record, dict):
-                yield Row(number, record)
-            else:
-                yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+            yield _row(number, line, parse)
 
 
-def _read_json(path: Path) -> Iterator[Row]:
+_CHUNK = 1 << 20  # characters read at a time from a JSON file
+
+
+def _first_line_is_a_row(path: Path) -> bool:
+    """Whether the file is JSON Lines: its first line (if under `_CHUNK`) is a whole JSON value
+    and more follows (a pretty-printed list or object starts with a line that is not)."""
+    with path.open(encoding="utf-8-sig") as handle:
+        first = handle.readline(_CHUNK)
+        if not first.endswith("\n"):
+            return False
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        while chunk := handle.read(_CHUNK):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _read_json(path: Path, parse: bool = True) -> Iterator[Row]:
+    with path.open(encoding="utf-8-sig") as handle:
+        start = handle.read(4096).lstrip()[:1]
+    if _first_line_is_a_row(path):  # JSON Lines under a .json name (as SHP's files are)
+        yield from _read_jsonl(path, parse)
+        return
+    if start == "[":
+        yield from _read_json_list(path, parse)
+        return
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # JSON Lines under a .json name (as SHP's files are)
-            yield from _read_jsonl(path)
+        if err.msg == "Extra data":  # JSON Lines whose first line is not a whole value on its own
+            yield from _read_jsonl(path, parse)
             return
         raise DpolabError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
@@ -100,6 +147,84 @@ def _read_json(path: Path) -> Iterator[Row]:
             yield Row(number, record)
         else:
             yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+
+
+class _JsonText:
+    """The text of a JSON file read in chunks, with what was dropped from the front counted, so
+    that an error names its line and column in the whole file."""
+
+    def __init__(self, handle):
+        self.handle, self.buf, self.pos, self.eof = handle, "", 0, False
+        self.dropped, self.dropped_lines, self.last_newline = 0, 0, -1
+
+    def more(self) -> bool:
+        """Read another chunk (dropping what was read already); False at the end of the file."""
+        if self.eof:
+            return False
+        done = self.buf[: self.pos]
+        newlines = done.count("\n")
+        if newlines:
+            self.dropped_lines += newlines
+            self.last_newline = self.dropped + done.rindex("\n")
+        self.dropped += self.pos
+        chunk = self.handle.read(_CHUNK)
+        self.buf, self.pos, self.eof = self.buf[self.pos :] + chunk, 0, not chunk
+        return bool(chunk)
+
+    def skip_space(self) -> str:
+        """The next character that is not white space ("" at the end of the file)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf) or not self.more():
+                return self.buf[self.pos : self.pos + 1]
+
+    def error(self, path: Path, msg: str, at: int) -> DpolabError:
+        newline = self.buf.rfind("\n", 0, at)
+        line = self.dropped_lines + self.buf.count("\n", 0, at) + 1
+        column = at - newline if newline >= 0 else self.dropped + at - self.last_newline
+        return DpolabError(f"{path}: not valid JSON ({msg} at line {line}, column {column})")
+
+
+def _read_json_list(path: Path, parse: bool) -> Iterator[Row]:
+    """The elements of a file holding one JSON list, decoded one at a time."""
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8-sig") as handle:
+        text = _JsonText(handle)
+        text.skip_space()
+        text.pos += 1  # the "["
+        number = 0
+        if text.skip_space() == "]":
+            text.pos += 1
+        else:
+            while True:
+                text.skip_space()
+                try:
+                    value, end = decoder.raw_decode(text.buf, text.pos)
+                    if end == len(text.buf) and not text.eof:
+                        raise json.JSONDecodeError("cut", text.buf, end)  # a number may go on
+                except json.JSONDecodeError as err:
+                    if not text.eof:
+                        text.more()
+                        continue  # the element may go on in the next chunk
+                    raise text.error(path, err.msg, err.pos) from None
+                number += 1
+                if not parse:
+                    yield Row(number, None, text=text.buf[text.pos : end])
+                elif isinstance(value, dict):
+                    yield Row(number, value)
+                else:
+                    yield Row(number, None, f"not a JSON object but {type(value).__name__}")
+                text.pos = end
+                separator = text.skip_space()
+                if separator == "]":
+                    text.pos += 1
+                    break
+                if separator != ",":
+                    raise text.error(path, "Expecting ',' delimiter", text.pos)
+                text.pos += 1
+        if text.skip_space():
+            raise text.error(path, "Extra data", text.pos)
 
 
 def _is_message_list(value: Any) -> bool:
@@ -147,11 +272,14 @@ def _read_parquet(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield Row(number, record)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DpolabError(f"{path}: cannot read as Parquet ({err})") from None
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield Row(number, record)
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> Iterator[Row]:
