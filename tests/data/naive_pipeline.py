@@ -136,6 +136,12 @@ def load_sources(specs, *, fmt, on_bad_rows, seed, mix_strategy):
     return mixture, reports
 
 
+def _spec_name(spec) -> str:
+    if isinstance(spec, list):
+        return ", ".join(str(s.get("path") if isinstance(s, dict) else s) for s in spec)
+    return str(spec)
+
+
 def _load_examples(spec, *, split, data, seed, limit=None):
     if isinstance(spec, list):
         examples, reports = load_sources(
@@ -172,7 +178,10 @@ def _tokenize_all(examples, source, tokenizer, data, *, tokenize, state, origins
     state["reports"] += [p.report for p in policies.values()]
     for index, item in enumerate(pairs):
         item["index"] = index
-    assert pairs, "no pair survives tokenisation"
+    if not pairs:
+        raise DpolabError(
+            f"{source}: no pair survives tokenisation (see data.max_length / max_prompt_length)"
+        )
     return pairs
 
 
@@ -187,7 +196,7 @@ def naive_prepare(data, tokenizer, *, sft=False, seed=42, data_seed=None) -> dic
     state["reports"] += reports
     origins = []
     state["train"] = _tokenize_all(
-        examples, str(spec), tokenizer, data, tokenize=tokenize, state=state, origins=origins
+        examples, _spec_name(spec), tokenizer, data, tokenize=tokenize, state=state, origins=origins
     )
     if data.eval:
         examples, reports = _load_examples(
@@ -195,7 +204,7 @@ def naive_prepare(data, tokenizer, *, sft=False, seed=42, data_seed=None) -> dic
         )
         state["reports"] += reports
         state["eval"] = _tokenize_all(
-            examples, str(data.eval), tokenizer, data, tokenize=tokenize, state=state
+            examples, _spec_name(data.eval), tokenizer, data, tokenize=tokenize, state=state
         )
     elif data.eval_size is not None:
         state["train"], state["eval"] = hold_out(state["train"], origins, data.eval_size, seed=seed)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -174,22 +175,30 @@ def lookup(folder: Path, *, repair: bool = True) -> Entry | None:
         return None
 
 
+def _errno(err: OSError) -> int | None:
+    """The error number of an OSError, also where pyarrow has only put it in the message
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device")."""
+    if err.errno is not None:
+        return err.errno
+    found = re.search(r"\[errno (\d+)\]", str(err), flags=re.IGNORECASE)
+    return int(found.group(1)) if found else None
+
+
 def write_error(folder: Path, err: OSError) -> DpolabError:
-    reason = err.strerror or str(err).strip().splitlines()[0]
-    return DpolabError(
-        f"{folder}: cannot write the data cache: {reason} (free space there, or set data.cache_dir or "
-        f"DPOLAB_CACHE to a folder on another disk)"
-    )
+    code = _errno(err)
+    reason = os.strerror(code) if code is not None else str(err).strip().splitlines()[0]
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        advice = "free space there, or set data.cache_dir or DPOLAB_CACHE to a folder on another disk"
+    else:
+        advice = "set data.cache_dir or DPOLAB_CACHE to a folder you can write"
+    return DpolabError(f"{folder}: cannot write the data cache: {reason} ({advice})")
 
 
 def _is_write_error(err: OSError, tmp: Path) -> bool:
     """An error of writing the entry (a full disk, a quota, a read-only folder), not of reading the data."""
-    if err.errno in _DISK_ERRNOS:
+    if _errno(err) in _DISK_ERRNOS:
         return True
-    if err.filename is not None and str(err.filename).startswith(str(tmp)):
-        return True
-    text = str(err)
-    return any(f"[errno {code}]" in text.lower() or os.strerror(code) in text for code in _DISK_ERRNOS)
+    return err.filename is not None and str(err.filename).startswith(str(tmp))
 
 
 def write_entry(folder: Path, build: Callable[[Path], dict[str, Any]], settings: dict[str, Any]) -> Entry:
