@@ -266,3 +266,16 @@ def test_a_full_disk_is_one_line_naming_the_entry_and_leaves_nothing(small_disk,
         in message
     )
     assert _entries(small_disk) == []  # no entry, no temporary folder
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(pairs_file, tmp_path, tokenizer):
+    (tmp_path / "a-file").write_text("")
+    data = DataSection(
+        train=str(pairs_file), on_bad_rows="skip", cache_dir=str(tmp_path / "a-file" / "cache")
+    )
+    with pytest.raises(DpolabError) as err:
+        _prepare(data, tokenizer)
+    assert str(err.value).startswith(f"{tmp_path / 'a-file' / 'cache'}/")
+    assert str(err.value).endswith(
+        ": cannot write the data cache: Not a directory (set data.cache_dir or DPOLAB_CACHE to a folder you can write)"
+    )

@@ -101,6 +101,7 @@ def _read_jsonl(path: Path, parse: bool = True) -> Iterator[Row]:
 
 
 _CHUNK = 1 << 20  # characters read at a time from a JSON file
+_AFTER_ELEMENT = (" ", "\t", "\r", "\n", ",", "]")  # what may follow an element of a list
 
 
 def _first_line_is_a_row(path: Path) -> bool:
@@ -161,11 +162,10 @@ class _JsonText:
         """Read another chunk (dropping what was read already); False at the end of the file."""
         if self.eof:
             return False
-        done = self.buf[: self.pos]
-        newlines = done.count("\n")
+        newlines = self.buf.count("\n", 0, self.pos)
         if newlines:
             self.dropped_lines += newlines
-            self.last_newline = self.dropped + done.rindex("\n")
+            self.last_newline = self.dropped + self.buf.rindex("\n", 0, self.pos)
         self.dropped += self.pos
         chunk = self.handle.read(_CHUNK)
         self.buf, self.pos, self.eof = self.buf[self.pos :] + chunk, 0, not chunk
@@ -201,8 +201,8 @@ def _read_json_list(path: Path, parse: bool) -> Iterator[Row]:
                 text.skip_space()
                 try:
                     value, end = decoder.raw_decode(text.buf, text.pos)
-                    if end == len(text.buf) and not text.eof:
-                        raise json.JSONDecodeError("cut", text.buf, end)  # a number may go on
+                    if not text.eof and text.buf[end : end + 1] not in _AFTER_ELEMENT:
+                        raise json.JSONDecodeError("cut", text.buf, end)  # a number cut by the chunk
                 except json.JSONDecodeError as err:
                     if not text.eof:
                         text.more()
