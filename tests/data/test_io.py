@@ -266,16 +266,16 @@ JSON_VALUES = st.recursive(
 )
 def test_a_json_list_read_in_chunks_gives_what_json_loads_gives(tmp_path_factory, elements, indent, chunk):
     """Element by element, whatever the chunk boundaries cut (a number, a string, an escape)."""
-    import dpolab.data.io as io
+    import dpolab.data.json_list as json_list
 
     path = tmp_path_factory.mktemp("chunks") / "list.json"
     path.write_text(json.dumps(elements, indent=indent), encoding="utf-8")
-    old, io._CHUNK = io._CHUNK, chunk
+    old, json_list._CHUNK = json_list._CHUNK, chunk
     try:
         rows = list(read_rows(path))
         texts = list(read_rows(path, parse=False))
     finally:
-        io._CHUNK = old
+        json_list._CHUNK = old
     expected = [
         Row(i, e) if isinstance(e, dict) else Row(i, None, f"not a JSON object but {type(e).__name__}")
         for i, e in enumerate(elements, start=1)
@@ -287,16 +287,16 @@ def test_a_json_list_read_in_chunks_gives_what_json_loads_gives(tmp_path_factory
 
 
 def test_a_broken_json_list_names_line_and_column_across_chunks(tmp_path, monkeypatch):
-    import dpolab.data.io as io
+    import dpolab.data.json_list as json_list
 
-    monkeypatch.setattr(io, "_CHUNK", 3)
+    monkeypatch.setattr(json_list, "_CHUNK", 3)
     (tmp_path / "broken.json").write_text('[{"a": 1},\n {"a": 2}\n {"a": 3}]')
     with pytest.raises(
         DpolabError, match=r"broken\.json: not valid JSON \(Expecting ',' delimiter at line 3, column 2\)"
     ):
         list(read_rows(tmp_path / "broken.json"))
-    (tmp_path / "extra.json").write_text('[{"a": 1}]\n\n  x')
-    with pytest.raises(DpolabError, match=r"extra\.json: not valid JSON \(Extra data at line 3, column 3\)"):
+    (tmp_path / "extra.json").write_text('[\n {"a": 1}\n]\n\n  x')
+    with pytest.raises(DpolabError, match=r"extra\.json: not valid JSON \(Extra data at line 5, column 3\)"):
         list(read_rows(tmp_path / "extra.json"))
 
 
@@ -305,9 +305,9 @@ def test_a_large_json_list_is_read_without_holding_it(tmp_path, monkeypatch):
     and what the reader holds at once is a chunk of the text (64 KiB here), not the file."""
     import tracemalloc
 
-    import dpolab.data.io as io
+    import dpolab.data.json_list as json_list
 
-    monkeypatch.setattr(io, "_CHUNK", 1 << 16)
+    monkeypatch.setattr(json_list, "_CHUNK", 1 << 16)
 
     row = {
         "query": "Natalia sold clips to 48 of her friends. " * 3,

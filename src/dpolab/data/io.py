@@ -100,22 +100,21 @@ def _read_jsonl(path: Path, parse: bool = True) -> Iterator[Row]:
             yield _row(number, line, parse)
 
 
-_CHUNK = 1 << 20  # characters read at a time from a JSON file
-_AFTER_ELEMENT = (" ", "\t", "\r", "\n", ",", "]")  # what may follow an element of a list
+_FIRST_LINE = 1 << 20  # characters of a first line read to tell JSON Lines from JSON
 
 
 def _first_line_is_a_row(path: Path) -> bool:
-    """Whether the file is JSON Lines: its first line (if under `_CHUNK`) is a whole JSON value
+    """Whether the file is JSON Lines: its first line (if under `_FIRST_LINE`) is a whole JSON value
     and more follows (a pretty-printed list or object starts with a line that is not)."""
     with path.open(encoding="utf-8-sig") as handle:
-        first = handle.readline(_CHUNK)
+        first = handle.readline(_FIRST_LINE)
         if not first.endswith("\n"):
             return False
         try:
             json.loads(first)
         except json.JSONDecodeError:
             return False
-        while chunk := handle.read(_CHUNK):
+        while chunk := handle.read(_FIRST_LINE):
             if chunk.strip():
                 return True
     return False
@@ -128,7 +127,9 @@ def _read_json(path: Path, parse: bool = True) -> Iterator[Row]:
         yield from _read_jsonl(path, parse)
         return
     if start == "[":
-        yield from _read_json_list(path, parse)
+        from dpolab.data.json_list import read_json_list  # which reads `Row`s
+
+        yield from read_json_list(path, parse)
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -148,83 +149,6 @@ def _read_json(path: Path, parse: bool = True) -> Iterator[Row]:
             yield Row(number, record)
         else:
             yield Row(number, None, f"not a JSON object but {type(record).__name__}")
-
-
-class _JsonText:
-    """The text of a JSON file read in chunks, with what was dropped from the front counted, so
-    that an error names its line and column in the whole file."""
-
-    def __init__(self, handle):
-        self.handle, self.buf, self.pos, self.eof = handle, "", 0, False
-        self.dropped, self.dropped_lines, self.last_newline = 0, 0, -1
-
-    def more(self) -> bool:
-        """Read another chunk (dropping what was read already); False at the end of the file."""
-        if self.eof:
-            return False
-        newlines = self.buf.count("\n", 0, self.pos)
-        if newlines:
-            self.dropped_lines += newlines
-            self.last_newline = self.dropped + self.buf.rindex("\n", 0, self.pos)
-        self.dropped += self.pos
-        chunk = self.handle.read(_CHUNK)
-        self.buf, self.pos, self.eof = self.buf[self.pos :] + chunk, 0, not chunk
-        return bool(chunk)
-
-    def skip_space(self) -> str:
-        """The next character that is not white space ("" at the end of the file)."""
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
-                self.pos += 1
-            if self.pos < len(self.buf) or not self.more():
-                return self.buf[self.pos : self.pos + 1]
-
-    def error(self, path: Path, msg: str, at: int) -> DpolabError:
-        newline = self.buf.rfind("\n", 0, at)
-        line = self.dropped_lines + self.buf.count("\n", 0, at) + 1
-        column = at - newline if newline >= 0 else self.dropped + at - self.last_newline
-        return DpolabError(f"{path}: not valid JSON ({msg} at line {line}, column {column})")
-
-
-def _read_json_list(path: Path, parse: bool) -> Iterator[Row]:
-    """The elements of a file holding one JSON list, decoded one at a time."""
-    decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8-sig") as handle:
-        text = _JsonText(handle)
-        text.skip_space()
-        text.pos += 1  # the "["
-        number = 0
-        if text.skip_space() == "]":
-            text.pos += 1
-        else:
-            while True:
-                text.skip_space()
-                try:
-                    value, end = decoder.raw_decode(text.buf, text.pos)
-                    if not text.eof and text.buf[end : end + 1] not in _AFTER_ELEMENT:
-                        raise json.JSONDecodeError("cut", text.buf, end)  # a number cut by the chunk
-                except json.JSONDecodeError as err:
-                    if not text.eof:
-                        text.more()
-                        continue  # the element may go on in the next chunk
-                    raise text.error(path, err.msg, err.pos) from None
-                number += 1
-                if not parse:
-                    yield Row(number, None, text=text.buf[text.pos : end])
-                elif isinstance(value, dict):
-                    yield Row(number, value)
-                else:
-                    yield Row(number, None, f"not a JSON object but {type(value).__name__}")
-                text.pos = end
-                separator = text.skip_space()
-                if separator == "]":
-                    text.pos += 1
-                    break
-                if separator != ",":
-                    raise text.error(path, "Expecting ',' delimiter", text.pos)
-                text.pos += 1
-        if text.skip_space():
-            raise text.error(path, "Extra data", text.pos)
 
 
 def _is_message_list(value: Any) -> bool:
