@@ -224,7 +224,8 @@ def _build(
         truncated = [truncated[0] + held.truncated_prompts, truncated[1] + held.truncated_completions]
         files["eval.arrow"] = (held.table, held.positions)
     elif data.eval_size is not None:
-        kept, held = hold_out_positions(train.origins, train.contents(), data.eval_size, seed=seed)
+        origins = train.origins()
+        kept, held = hold_out_positions(origins, train.contents(origins), data.eval_size, seed=seed)
         files = {
             "train.arrow": (train.table, train.positions[kept]),
             "eval.arrow": (train.table, train.positions[held]),

@@ -149,19 +149,25 @@ def read_examples(
 class Pairs:
     """Tokenised pairs: `table` (rows.PAIRS) holds each example the mixture uses once, `positions`
     the rows of `table` in training order (repeats as the mixture has them; pairs that cannot be
-    trained on left out), `origins[i]` = (source name, row) of `positions[i]`."""
+    trained on left out)."""
 
     table: datasets.Dataset
     positions: np.ndarray
-    origins: list[tuple[str, int]]
+    names: list[str]  # of the sources
+    source_of: np.ndarray  # the source of each row of `table`
     reports: list[BadRowReport] = field(default_factory=list)
     truncated_prompts: int = 0
     truncated_completions: int = 0
 
-    def contents(self) -> list[tuple[tuple[str, int], bytes]]:
+    def origins(self) -> list[tuple[str, int]]:
+        """(source name, row) of each pair of `positions` (for the hold-out only: a list as long as the data)."""
+        numbers = rows.column(self.table, "row")
+        return [(self.names[self.source_of[i]], int(numbers[i])) for i in self.positions]
+
+    def contents(self, origins: list[tuple[str, int]]) -> list[tuple[tuple[str, int], bytes]]:
         """What makes each pair distinct: its origin and its token ids (a digest of them)."""
         digests = rows.column(self.table, "content")
-        return [(origin, digests[i]) for origin, i in zip(self.origins, self.positions)]
+        return [(origin, digests[i]) for origin, i in zip(origins, self.positions)]
 
 
 def tokenise(
@@ -205,12 +211,11 @@ def tokenise(
     positions = at[status[at] == rows.OK]
     if len(positions) == 0:
         raise DpolabError(f"{name}: no pair survives tokenisation (see data.max_length / max_prompt_length)")
-    numbers = rows.column(table, "row")
-    origins = [(sources[source_of[i]].name, int(numbers[i])) for i in positions]
     return Pairs(
         table,
         positions,
-        origins,
+        [s.name for s in sources],
+        source_of,
         reports=[p.report for p in policies.values()],
         truncated_prompts=int(rows.column(table, "prompt_truncated")[positions].sum()),
         truncated_completions=int(rows.column(table, "completion_truncated")[positions].sum()),
