@@ -76,6 +76,11 @@ def encode(tokenizer, items: list[tuple[Text, bool]]) -> list[list[int]]:
     return out
 
 
+def _ids(tokenizer, text: Text, *, generation_prompt: bool = False) -> list[int]:
+    """The token ids of one text, or of one conversation through the chat template (`encode`)."""
+    return encode(tokenizer, [(text, generation_prompt)])[0]
+
+
 def prompt_completion_ids(
     tokenizer, pairs: list[tuple[Text, list[Text]]]
 ) -> list[tuple[list[int], list[list[int]]]]:
