@@ -31,7 +31,7 @@ def test_levenshtein_by_hand():
 
 @settings(max_examples=300, deadline=None)
 @given(a=st.lists(st.integers(0, 4), max_size=70), b=st.lists(st.integers(0, 4), max_size=70))
-def test_bit_parallel_levenshtein_equals_the_textbook_one(a, b):
+def test_levenshtein_equals_the_textbook_one(a, b):
     # sizes over 64 exercise bit vectors wider than a machine word
     assert levenshtein(a, b) == naive_levenshtein(a, b) == levenshtein(b, a)
 

@@ -187,41 +187,40 @@ def cache_folder(data: DataSection) -> Path:
     return Path(data.cache_dir).expanduser() if data.cache_dir else cache.default_cache_dir()
 
 
+def _pairs_of(
+    spec, *, split, limit=None, data: DataSection, tokenizer, tokenize: Tokenize, seed: int, work: Path
+):
+    """The tokenised pairs of `data.train` or `data.eval`, and the reports of the rows they lost."""
+    examples = read_examples(
+        spec, split=split, data=data, seed=seed, work=work / "rows", num_proc=data.num_proc, limit=limit
+    )
+    pairs = tokenise(
+        examples,
+        _spec_name(spec),
+        tokenizer,
+        data,
+        tokenize=tokenize,
+        work=work / "pairs",
+        num_proc=data.num_proc,
+    )
+    return pairs, examples.reports + pairs.reports
+
+
 def _build(
     folder: Path, data: DataSection, tokenizer, *, tokenize: Tokenize, seed: int, mix_seed: int
 ) -> dict[str, Any]:
     """Prepare the pairs into `folder` (`train.arrow`, `eval.arrow`); what meta.json records."""
-    work, n = folder / "work", data.num_proc
-    spec = train_spec(data)
-    examples = read_examples(
-        spec, split=data.split, data=data, seed=mix_seed, work=work / "train", num_proc=n, limit=data.limit
+    work = folder / "work"
+    how = {"data": data, "tokenizer": tokenizer, "tokenize": tokenize, "seed": mix_seed}
+    train, reports = _pairs_of(
+        train_spec(data), split=data.split, limit=data.limit, work=work / "train", **how
     )
-    train = tokenise(
-        examples, _spec_name(spec), tokenizer, data, tokenize=tokenize, work=work / "train-pairs", num_proc=n
-    )
-    reports = examples.reports + train.reports
-    truncated = [train.truncated_prompts, train.truncated_completions]
     files = {"train.arrow": (train.table, train.positions)}
+    counted = [train]
     if data.eval:
-        examples = read_examples(
-            data.eval,
-            split=data.eval_split or "test",
-            data=data,
-            seed=mix_seed,
-            work=work / "eval",
-            num_proc=n,
-        )
-        held = tokenise(
-            examples,
-            _spec_name(data.eval),
-            tokenizer,
-            data,
-            tokenize=tokenize,
-            work=work / "eval-pairs",
-            num_proc=n,
-        )
-        reports += examples.reports + held.reports
-        truncated = [truncated[0] + held.truncated_prompts, truncated[1] + held.truncated_completions]
+        held, lost = _pairs_of(data.eval, split=data.eval_split or "test", work=work / "eval", **how)
+        reports += lost
+        counted.append(held)
         files["eval.arrow"] = (held.table, held.positions)
     elif data.eval_size is not None:
         origins = train.origins()
@@ -230,15 +229,14 @@ def _build(
             "train.arrow": (train.table, train.positions[kept]),
             "eval.arrow": (train.table, train.positions[held]),
         }
-    pairs = {
-        name: write_prepared(folder / name, table, positions) for name, (table, positions) in files.items()
-    }
+    pairs = {name: write_prepared(folder / name, table, at) for name, (table, at) in files.items()}
     shutil.rmtree(work)
     return {
         "pairs": pairs,
         "reports": [r.to_dict() for r in merge_reports(reports)],
-        "truncated_prompts": truncated[0],
-        "truncated_completions": truncated[1],
+        # as training sees them before a hold-out (a repeated pair counts each time)
+        "truncated_prompts": sum(p.truncated_prompts for p in counted),
+        "truncated_completions": sum(p.truncated_completions for p in counted),
     }
 
 
