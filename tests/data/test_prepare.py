@@ -331,3 +331,35 @@ def test_no_pair_left_says_so_as_before(tokenizer, tmp_path):
     empty.write_text("\n")
     data = DataSection(train=str(empty), cache_dir=str(tmp_path / "c"))
     assert _error(prepare_data, data, tokenizer, tokenize=tokenize_pair) == f"{empty}: has no rows"
+
+
+def test_how_many_processes(monkeypatch):
+    monkeypatch.setattr(rows, "available_cpus", lambda: 16)
+    assert rows.processes(None, 1_000_000) == 8  # the CPUs available, at most 8
+    assert rows.processes(None, 7_999) == 3  # one per 2,000 rows at least
+    assert rows.processes(None, 10) == 1
+    assert rows.processes(3, 10) == 3 and rows.processes(3, 2) == 2  # as set, up to one per row
+    monkeypatch.setattr(rows, "available_cpus", lambda: 2)
+    assert rows.processes(None, 1_000_000) == 2
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[], [0], [5, 5, 0, 12, 11, 3], list(range(13)), [12, 0, 7, 7, 7, 1, 2, 9]],
+    ids=["none", "one", "repeats", "all", "shuffled"],
+)
+def test_gather_gives_the_rows_asked_in_order_from_many_batches(positions):
+    """Rows gathered batch by batch (a table of 4 batches: 3 + 4 + 1 + 5 rows) come back in the
+    order asked, as one slice per row would give them."""
+    import numpy as np
+    import pyarrow as pa
+
+    sizes, start, batches = (3, 4, 1, 5), 0, []
+    for size in sizes:
+        values = list(range(start, start + size))
+        batches.append(pa.record_batch({"n": values, "ids": [[v] * (v % 3) for v in values]}))
+        start += size
+    table = pa.Table.from_batches(batches)
+    gathered = rows.gather(table, np.asarray(positions, np.int64))
+    assert gathered.to_pylist() == [table.slice(i, 1).to_pylist()[0] for i in positions]
+    assert gathered.num_rows == 0 or len(gathered.to_batches()) == 1

@@ -14,6 +14,7 @@ objects for longer than a batch.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ BATCH = 1000  # rows per batch of `datasets.map`, and per batch written
 MAX_DEFAULT_PROCESSES = 8
 MIN_ROWS_PER_PROCESS = 2000  # by default, fewer rows are not worth a process of their own
 PROGRESS_MIN_ROWS = 10_000  # progress bars for larger tables only
+GATHER = 8192  # rows gathered at a time to write the prepared tables (a shuffled mixture visits many batches)
 
 RAW = pa.schema([("row", pa.int64()), ("text", pa.string()), ("error", pa.string())])
 _STATUS = {"row": datasets.Value("int64"), "status": datasets.Value("int8")}
@@ -120,9 +122,30 @@ def column(dataset: datasets.Dataset, name: str) -> np.ndarray:
     return values.to_numpy()
 
 
+def gather(table: pa.Table, positions: np.ndarray, batches: list[pa.RecordBatch] | None = None) -> pa.Table:
+    """The rows at `positions` of a table of many record batches, in that order, one batch of them.
+
+    Not `Table.take`: on a column of lists it first concatenates the whole column (the whole table
+    in memory, and its time, at every call); here each batch gives the rows it holds. `batches`:
+    `table.to_batches()`, when the caller gathers from the same table many times."""
+    batches = table.to_batches() if batches is None else batches
+    if len(positions) == 0 or not batches:
+        return table.schema.empty_table()
+    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    which = np.searchsorted(starts, positions, side="right") - 1
+    parts = [
+        batches[b].take(pa.array(positions[which == b] - starts[b], pa.int64())) for b in np.unique(which)
+    ]
+    gathered = pa.Table.from_batches(parts, schema=table.schema).combine_chunks()
+    # the rows are in the order of their batches now; put them back in the order asked
+    inverse = np.empty(len(positions), np.int64)
+    inverse[np.argsort(which, kind="stable")] = np.arange(len(positions))
+    return gathered.take(pa.array(inverse))
+
+
 def take(dataset: datasets.Dataset, positions: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
     """The rows at `positions` of a dataset that `map` wrote, `names` columns only, as dicts."""
-    return dataset.data.table.select(names).take(pa.array(positions, pa.int64())).to_pylist()
+    return gather(dataset.data.table.select(names), np.asarray(positions, np.int64)).to_pylist()
 
 
 class RowList(Sequence):
@@ -163,6 +186,10 @@ def map_batches(
     silence = len(dataset) < PROGRESS_MIN_ROWS and datasets.is_progress_bar_enabled()
     if silence:
         datasets.disable_progress_bars()  # a bar for a few rows is only noise
+    if n > 1:
+        # the processes are forked: without this, their garbage collector would visit (and so
+        # copy) every object this process holds, and each would grow to this process's size
+        gc.freeze()
     try:
         return dataset.map(
             fn,
@@ -178,6 +205,8 @@ def map_batches(
             desc=desc,
         )
     finally:
+        if n > 1:
+            gc.unfreeze()
         if silence:
             datasets.enable_progress_bars()
 
@@ -277,9 +306,10 @@ def write_prepared(path: Path, pairs: datasets.Dataset, positions: np.ndarray) -
     allowed) to the Arrow file `path` with the columns the collator receives (`PREPARED`:
     `index` numbers them from 0); a batch at a time. Returns the number of rows."""
     table = pairs.data.table.select(list(PREPARED[:-1]))
+    batches = table.to_batches()
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, PREPARED_SCHEMA) as writer:
-        for start in range(0, len(positions), BATCH):
-            part = table.take(pa.array(positions[start : start + BATCH], pa.int64()))
+        for start in range(0, len(positions), GATHER):
+            part = gather(table, positions[start : start + GATHER], batches)
             index = pa.array(np.arange(start, start + part.num_rows, dtype=np.int64))
-            writer.write_table(part.append_column("index", index).cast(PREPARED_SCHEMA))
+            writer.write_table(part.append_column("index", index).cast(PREPARED_SCHEMA), max_chunksize=BATCH)
     return len(positions)
