@@ -35,10 +35,11 @@ from dpolab.data.io import Row, parse_record, read_rows
 # the status of a row of the examples and pairs tables
 OK, BAD, NO_PAIR = 0, 1, 2
 BATCH = 1000  # rows per batch of `datasets.map`, and per batch written
+TOKENISE_BATCH = 256  # pairs tokenised together: 768 texts per tokenizer call, ~40 MB of Python objects
 MAX_DEFAULT_PROCESSES = 8
 MIN_ROWS_PER_PROCESS = 2000  # by default, fewer rows are not worth a process of their own
 PROGRESS_MIN_ROWS = 10_000  # progress bars for larger tables only
-GATHER = 8192  # rows gathered at a time to write the prepared tables (a shuffled mixture visits many batches)
+GATHER = 4096  # rows gathered at a time to write the prepared tables (a shuffled mixture visits many batches)
 
 RAW = pa.schema([("row", pa.int64()), ("text", pa.string()), ("error", pa.string())])
 _STATUS = {"row": datasets.Value("int64"), "status": datasets.Value("int8")}
@@ -178,8 +179,10 @@ def map_batches(
     path: Path,
     num_proc: int | None,
     desc: str,
+    batch_size: int = BATCH,
 ) -> datasets.Dataset:
-    """`dataset.map(fn)` in batches, written to `path` (one file per process), in row order."""
+    """`dataset.map(fn)` in batches of `batch_size` rows, written to `path` (one file per process),
+    in row order."""
     if len(dataset) == 0:
         return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     n = processes(num_proc, len(dataset))
@@ -194,7 +197,7 @@ def map_batches(
         return dataset.map(
             fn,
             batched=True,
-            batch_size=BATCH,
+            batch_size=batch_size,
             writer_batch_size=BATCH,
             num_proc=n if n > 1 else None,
             remove_columns=dataset.column_names,

@@ -197,6 +197,7 @@ def tokenise(
         path=work / "pairs.arrow",
         num_proc=num_proc,
         desc="tokenising",
+        batch_size=rows.TOKENISE_BATCH,
     )
     at = np.searchsorted(needed, order)  # the row of `table` of each example of the mixture
     source_of = np.searchsorted(offsets, needed, side="right") - 1

@@ -56,7 +56,10 @@ def encode(tokenizer, items: list[tuple[Text, bool]]) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in items]
     texts = [i for i, (item, _) in enumerate(items) if isinstance(item, str)]
     if texts:
-        for i, ids in zip(texts, tokenizer([items[i][0] for i in texts])["input_ids"]):
+        encoded = tokenizer(
+            [items[i][0] for i in texts], return_attention_mask=False, return_token_type_ids=False
+        )
+        for i, ids in zip(texts, encoded["input_ids"]):
             out[i] = list(ids)
     for generation_prompt in (True, False):
         chats = [
