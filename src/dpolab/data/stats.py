@@ -241,6 +241,7 @@ def source_stats(
             path=Path(folder) / "measures.arrow",
             num_proc=num_proc,
             desc="measuring",
+            batch_size=rows.TOKENISE_BATCH if tokenizer is not None else rows.BATCH,
         )
         measures = np.stack([rows.column(measured, k).astype(float) for k in MEASURES], axis=1)
     return summarise(measures, tokenized=tokenizer is not None, bins=bins, level=level), examples.report
