@@ -15,8 +15,6 @@ from docs_blocks import DOCS, PAGES, REPO
 # Pages that other branches add, linked from here before they land: a link to one of them, or a
 # nav entry, is accepted while the page does not exist. Remove a name once its page is on main.
 PENDING = {
-    "models.md",
-    "data.md",
     "performance.md",
 }
 

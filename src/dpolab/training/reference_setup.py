@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dpolab.config.schema import RunConfig
+from dpolab.data.rows import RowList
 from dpolab.errors import DpolabError
 from dpolab.modeling.fingerprint import model_fingerprint, weights_fingerprint
 from dpolab.training.policy import GivenModels, freeze, load_frozen_reference
@@ -101,8 +102,8 @@ def _frozen_reference(config: RunConfig, given: GivenModels):
 def build_reference(
     config: RunConfig, policy, objective, prepared, collator, args, given: GivenModels | None = None
 ):
-    """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
-    to every train/eval pair (from the cache when it holds them) and frees the reference model.
+    """The reference the trainer will use; with `reference.precompute`, first adds a `ref_logps`
+    column to the train/eval pairs (from the cache when it holds them) and frees the reference model.
     When the reference is the policy's starting weights (no `ref_name_or_path`, no given
     reference), the policy itself computes them before training starts: no second copy is loaded."""
     given = given or GivenModels()
@@ -133,9 +134,11 @@ def build_reference(
         fingerprint = model_fingerprint(ref_path)
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
-    for pairs in (prepared.train, prepared.eval):
-        if not pairs:
+    for part in ("train", "eval"):
+        dataset = getattr(prepared, part)
+        if not dataset:
             continue
+        pairs = RowList(dataset)  # the rows as dicts, as the collator receives them
         key = cache_key(
             model=fingerprint,
             pairs=pairs,
@@ -175,7 +178,6 @@ def build_reference(
             raise RuntimeError(
                 f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}"
             )
-        for pair, row in zip(pairs, values.tolist()):
-            pair["ref_logps"] = row
+        setattr(prepared, part, dataset.add_column("ref_logps", values.tolist()))
     log.info("reference: log-probs precomputed for %d layers; no reference model in memory", len(layers))
     return PrecomputedReference()
