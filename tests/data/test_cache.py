@@ -99,6 +99,7 @@ OTHER = {
     "max_prompt_length": 33,
     "on_bad_rows": "skip",
     "limit": 5,
+    "columns": {"prompt": "question"},
 }
 
 
