@@ -16,26 +16,44 @@ REFERENCE_FREE = ("simpo", "orpo")
 # ----------------------------------------------------------------------------------------------
 
 
-def model_flops_per_pair(record: dict, tokens: dict[str, float]) -> float:
-    """The matrix-multiply FLOPs a pair needs, whoever computes it (attention scores left out).
+def attention_pairs(prompt: int, chosen: int, rejected: int) -> int:
+    """The (query, key) pairs a pair's attention needs: the prompt causally, and each completion
+    against the prompt and causally itself (never the other completion)."""
 
-    One forward pass of the model costs F = 2·(N_body·T + N_head·T_c·(1 + k)): the transformer
-    blocks (N_body parameters: everything but the input embedding and the output head) see the T
-    tokens of the pair (prompt once + chosen + rejected, BOS and EOS included); the output head
-    (N_head = vocabulary × hidden) is needed only at the T_c positions that predict a completion
-    token, once for the final layer and once for each of the k intermediate layers. Training
-    costs 3F (forward, gradients of the activations and of the weights); under LoRA 2F plus the
-    adapters' 6·N_lora·T (frozen weights need no weight gradients). A live reference adds F."""
+    def causal(n: int) -> int:
+        return n * (n + 1) // 2
+
+    return causal(prompt) + chosen * prompt + causal(chosen) + rejected * prompt + causal(rejected)
+
+
+def model_flops_per_pair(record: dict, tokens: dict[str, float]) -> float:
+    """The FLOPs a pair needs, whoever computes it: matrix products and attention scores.
+
+    One forward pass of the model costs F = 2·(N_body·T + N_head·T_c·(1 + k)) + 4·L·d·A: the
+    transformer blocks (N_body parameters: everything but the input embedding and the output head,
+    counted once when they are tied) see the T tokens of the pair (prompt once + chosen + rejected,
+    BOS and EOS included); the output head (N_head = vocabulary × hidden) is needed only at the T_c
+    positions that predict a completion token, once for the final layer and once for each of the
+    k intermediate layers; attention takes 2·d FLOPs for the score and 2·d for the weighted value
+    of each of the A (query, key) pairs the pair needs (`attention_pairs`) in each of L layers (d:
+    the heads × head dimension, the hidden size here). Training costs 3F (forward, gradients of the
+    activations and of the weights); under LoRA 2F plus the adapters' 6·N_lora·T (frozen weights
+    need no weight gradients) plus attention's backward (no weights: 2× its forward either way).
+    A live reference adds F. Padding and masked attention scores are not counted."""
     spec, checksum = record["spec"], record["start_checksum"]
     shape = workload.ModelShape(**spec["shape"])
-    n_head = shape.vocab * shape.hidden
+    n_head = shape.head_params
     lora = spec["tuning"] == "lora"
     n_base = checksum["total"] - (checksum["trainable"] if lora else 0)
-    n_body = n_base - 2 * n_head
-    forward = 2 * (n_body * tokens["all"] + n_head * tokens["completion"] * (1 + len(spec["layers"])))
-    flops = 2 * forward + 6 * checksum["trainable"] * tokens["all"] if lora else 3 * forward
+    n_body = n_base - (1 if shape.tied else 2) * n_head
+    matmuls = 2 * (n_body * tokens["all"] + n_head * tokens["completion"] * (1 + len(spec["layers"])))
+    attention = 4 * shape.layers * shape.hidden * tokens.get("attention", 0.0)
+    if lora:
+        flops = 2 * matmuls + 6 * checksum["trainable"] * tokens["all"] + 3 * attention
+    else:
+        flops = 3 * (matmuls + attention)
     if spec["reference"] == "live":
-        flops += forward
+        flops += matmuls + attention
     return flops
 
 
@@ -104,10 +122,24 @@ def median(values):
 # ----------------------------------------------------------------------------------------------
 
 TARGETS = """\
-- plain DPO, full fine-tuning, live reference: dialogue ≥ 2× TRL pairs/s and ≤ 0.5× peak memory; answer ≥ 1.3× and ≤ 0.5×
-- precomputed reference (full fine-tuning): ≥ 1.3× TRL pairs/s
-- intermediate DPO, 2 layers: ≤ 1.15× the time and ≤ 1.1× the peak memory of dpolab's plain DPO
-- MFU: aim ≥ 40 % of the measured matmul peak"""
+- toy shape: every speed and memory ratio no worse than the 2026-12-01 record (`TOY_RECORD`), within
+  the repeat-to-repeat noise of these runs (speed ≥ 0.9× the recorded ratio, memory ≤ 1.05×)
+- SmolLM2-135M shape, full fine-tuning, live reference, dialogue-like pairs: ≥ 2.5× TRL pairs/s and
+  ≤ 0.4× its peak memory
+- intermediate DPO, 2 layers: time within 5 % of what the FLOP count predicts, at every shape
+- MFU of plain DPO ≥ 50 % of the measured matmul peak, at every shape"""
+
+# dpolab ÷ TRL (pairs/s, peak memory) in the 2026-12-01 record of the toy shape
+TOY_RECORD = {
+    "dialogue/full/live": (7.70, 0.22),
+    "dialogue/full/precomputed": (8.45, 0.21),
+    "dialogue/lora/live": (9.51, 0.20),
+    "dialogue/lora/precomputed": (9.82, 0.20),
+    "answer/full/live": (3.57, 0.24),
+    "answer/full/precomputed": (3.79, 0.23),
+    "answer/lora/live": (5.10, 0.23),
+    "answer/lora/precomputed": (5.33, 0.23),
+}
 
 
 def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
@@ -168,39 +200,37 @@ def summarise(results: dict, peak_gflops: float, tokens: dict) -> dict:
     return rows
 
 
-def verdicts(rows: dict) -> list[str]:
+def verdicts(rows: dict, shape_name: str = "toy") -> list[str]:
     out = []
 
     def check(name, value, ok, text):
         if value is not None:
             out.append(f"{'MET   ' if ok(value) else 'MISSED'} {name}: {text.format(value)}")
 
-    for regime, speed in (("dialogue", 2.0), ("answer", 1.3)):
-        row = rows.get(f"{regime}/full/live", {})
-        check(
-            f"{regime} full live speed ≥ {speed}×",
-            row.get("speed_ratio"),
-            lambda v, s=speed: v >= s,
-            "{:.2f}×",
-        )
-        check(
-            f"{regime} full live peak memory ≤ 0.5×", row.get("memory_ratio"), lambda v: v <= 0.5, "{:.2f}×"
-        )
-        row = rows.get(f"{regime}/full/precomputed", {})
-        check(
-            f"{regime} full precomputed speed ≥ 1.3×", row.get("speed_ratio"), lambda v: v >= 1.3, "{:.2f}×"
-        )
+    if shape_name == "toy":
+        for case, (speed, memory) in TOY_RECORD.items():
+            row = rows.get(case, {})
+            check(
+                f"{case} speed no worse than the record's {speed:.2f}× (≥ {0.9 * speed:.2f}×)",
+                row.get("speed_ratio"),
+                lambda v, s=speed: v >= 0.9 * s,
+                "{:.2f}×",
+            )
+            check(
+                f"{case} peak memory no worse than the record's {memory:.2f}× (≤ {1.05 * memory:.2f}×)",
+                row.get("memory_ratio"),
+                lambda v, m=memory: v <= 1.05 * m,
+                "{:.2f}×",
+            )
+    if shape_name == "smollm2-135m":
+        row = rows.get("dialogue/full/live", {})
+        check("dialogue full live speed ≥ 2.5×", row.get("speed_ratio"), lambda v: v >= 2.5, "{:.2f}×")
+        check("dialogue full live peak memory ≤ 0.4×", row.get("memory_ratio"), lambda v: v <= 0.4, "{:.2f}×")
     for name, row in rows.items():
         check(
-            f"{name} intermediate DPO time ≤ 1.15×",
+            f"{name} intermediate DPO time within 5 % of the FLOP count's {row.get('idpo_flops_ratio', 0):.2f}×",
             row.get("idpo_time_ratio"),
-            lambda v: v <= 1.15,
-            "{:.2f}×",
-        )
-        check(
-            f"{name} intermediate DPO memory ≤ 1.1×",
-            row.get("idpo_memory_ratio"),
-            lambda v: v <= 1.1,
+            lambda v, r=row: abs(v / r["idpo_flops_ratio"] - 1) <= 0.05,
             "{:.2f}×",
         )
         check(
@@ -225,7 +255,7 @@ def verdicts(rows: dict) -> list[str]:
     # projections run at a higher rate and would flatter the figure)
     mfus = [row["impl"]["dpolab/dpo"]["mfu"] for row in rows.values() if "dpolab/dpo" in row["impl"]]
     if mfus:
-        check("dpolab MFU ≥ 40 % (plain DPO, every case)", min(mfus), lambda v: v >= 0.4, "lowest {:.1%}")
+        check("dpolab MFU ≥ 50 % (plain DPO, every case)", min(mfus), lambda v: v >= 0.5, "lowest {:.1%}")
     return out
 
 
@@ -252,16 +282,17 @@ def table(rows: dict) -> str:
         lines += [
             "",
             "| case | DPO pairs/s | intermediate DPO pairs/s | time × | (load-corrected) "
-            "| model FLOPs × | MFU DPO | MFU intermediate | DPO peak memory MiB "
+            "| FLOP-count prediction × | time ÷ prediction | MFU DPO | MFU intermediate | DPO peak memory MiB "
             "| intermediate DPO peak memory MiB | memory × |",
-            "|---" * 11 + "|",
+            "|---" * 12 + "|",
         ]
         for name, row in idpo:
             ours, mid = row["impl"]["dpolab/dpo"], row["impl"]["dpolab/idpo"]
             lines.append(
                 f"| {name} | {ours['pairs_per_s']:.3f} | {mid['pairs_per_s']:.3f} "
                 f"| **{row['idpo_time_ratio']:.2f}** | ({row['idpo_time_ratio_load_corrected']:.2f}) "
-                f"| {row['idpo_flops_ratio']:.2f} | {ours['mfu']:.1%} | {mid['mfu']:.1%} "
+                f"| {row['idpo_flops_ratio']:.2f} | {row['idpo_time_ratio'] / row['idpo_flops_ratio']:.2f} "
+                f"| {ours['mfu']:.1%} | {mid['mfu']:.1%} "
                 f"| {ours['peak_rss_mib']:.0f} | {mid['peak_rss_mib']:.0f} | **{row['idpo_memory_ratio']:.2f}** |"
             )
     return "\n".join(lines)
@@ -309,16 +340,31 @@ def profile_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def report(info: dict, results: dict) -> str:
-    """The machine, the table and the targets, as Markdown (also printed)."""
-    peak = max(
-        max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
-        for runs in results.values()
-        for rs in runs.values()
-        for r in rs
+def matmul_peak(results: dict) -> float:
+    """The best square product measured in any run (at its start or end), GFLOP/s."""
+    return max(
+        (
+            max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
+            for runs in results.values()
+            for rs in runs.values()
+            for r in rs
+        ),
+        default=float("nan"),
     )
+
+
+def shape_text(info: dict) -> str:
+    """'<shape name>: <its proportions>' of a run's info (an info written before shapes: the toy's)."""
+    shape = workload.ModelShape(
+        **{k: v for k, v in info["shape"].items() if k in workload.ModelShape.__dataclass_fields__}
+    )
+    return f"{info.get('shape_name', 'toy')}: {shape.describe()}"
+
+
+def report(info: dict, results: dict) -> str:
+    """The machine, the table and the targets of one shape, as Markdown (also printed)."""
+    peak = matmul_peak(results)
     rows = summarise(results, peak, info["tokens_per_pair"])
-    shape = info["shape"]
     tokens = info["tokens_per_pair"]
     loads = [
         r[key][0]
@@ -327,16 +373,18 @@ def report(info: dict, results: dict) -> str:
         for r in rs
         for key in ("loadavg_start", "loadavg_end")
     ]
+    checkpointing = info.get("gradient_checkpointing")
     text = "\n".join(
         [
+            f"### {shape_text(info)}",
+            "",
             f"- command: `{info['command']}`",
             f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores ({threads_text(info)})"
             + (f", {info['gpu']}" if info.get("gpu") else "")
             + f"; torch {info['torch']}, transformers {info['transformers']}, TRL {info['trl']}",
-            f"- model: Llama, vocabulary {shape['vocab']}, hidden {shape['hidden']}, {shape['layers']} layers, "
-            f"{shape.get('heads', '?')} heads, MLP {shape.get('intermediate', '?')}, {info['dtype']}; batch "
-            f"{info['batch']} pairs; {info['steps'] - 1} timed steps (after one untimed) × {info['repeats']} repeats, "
-            f"medians",
+            f"- {info['dtype']}; batch {info['batch']} pairs; gradient checkpointing "
+            f"{'on' if checkpointing else 'off'} on both sides; {info['steps'] - 1} timed steps (after one "
+            f"untimed) × {info['repeats']} repeats, medians",
             "- useful tokens per pair, all (completion positions): "
             + ", ".join(f"{k} {v['all']:.0f} ({v['completion']:.0f})" for k, v in tokens.items()),
             "- memory: "
@@ -348,15 +396,16 @@ def report(info: dict, results: dict) -> str:
             + "; over imports: minus the resident set "
             "after the imports",
             f"- matmul peak (best square product measured in the runs): {peak:.1f} GFLOP/s; load average "
-            f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end, "
-            f"{min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs",
+            f"{info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the end"
+            + (f", {min(loads):.2f}–{max(loads):.2f} at the starts and ends of the runs" if loads else ""),
+            *[f"- **failed**: {failure}" for failure in info.get("failures", [])],
             "",
             table(rows),
             *(["", free] if (free := reference_free_table(rows)) else []),
             "",
             "Targets:",
             "",
-            "\n".join(f"    {line}" for line in verdicts(rows)),
+            "\n".join(f"    {line}" for line in verdicts(rows, info.get("shape_name", "toy"))),
         ]
     )
     print("\n" + text)
@@ -365,12 +414,7 @@ def report(info: dict, results: dict) -> str:
 
 def ratios(info: dict, results: dict) -> str:
     """The short table the README quotes: dpolab / TRL, and intermediate DPO / plain DPO."""
-    peak = max(
-        max(r["matmul_peak_gflops"], r.get("matmul_peak_end_gflops", 0.0))
-        for runs in results.values()
-        for rs in runs.values()
-        for r in rs
-    )
+    peak = matmul_peak(results)
     rows = summarise(results, peak, info["tokens_per_pair"])
     lines = [
         "| case (regime/tuning/reference) | pairs/s, dpolab ÷ TRL | peak memory, dpolab ÷ TRL "
@@ -387,7 +431,8 @@ def ratios(info: dict, results: dict) -> str:
         )
         lines.append(f"| {name} | {speed} | {memory} | {idpo} |")
     return (
-        f"{info['date'][:10]}, {info['cpu']} ({info['cores']} cores), {threads_text(info)}, TRL {info['trl']}, "
+        f"{shape_text(info)}; {info['date'][:10]}, {info['cpu']} ({info['cores']} cores), {threads_text(info)}, "
+        f"TRL {info['trl']}, "
         f"load average {info['loadavg_start'][0]:.1f} at the start, {info['loadavg_end'][0]:.1f} at the end "
         f"(`{info['command']}`):\n\n" + "\n".join(lines)
     )
