@@ -102,7 +102,13 @@ class DpolabTrainer(Trainer):
             prompt_targets=batch_prompt_targets(inputs) if self.objective.scores_prompt else None,
             log_sum_sq=self.objective.use_weighting,
         )
-        reference = self.reference.logps(inputs, model) if self.reference is not None else None
+        reference = None
+        if self.reference is not None:
+            # accelerate runs the policy's forward under autocast (training.bf16 / fp16), not a
+            # separate reference model's: the reference must round as the policy does, or their
+            # log-probs differ at the first step, where they should be equal
+            with self.accelerator.autocast():
+                reference = self.reference.logps(inputs, model)
         return self.objective(policy, reference)
 
     def compute_loss(
