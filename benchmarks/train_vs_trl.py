@@ -225,7 +225,12 @@ def parse_args(argv=None):
         "README.md's",
     )
     p.add_argument(
-        "--report", type=Path, default=None, help="print the table of a --json file again, and exit"
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the tables of one or more --json files again (one per shape, say), and exit; with "
+        "--update-results, write them all",
     )
     return p.parse_args(argv)
 
@@ -366,10 +371,13 @@ def profile_pass(args, shape_name: str, cases) -> str:
 
 
 def saved_shapes(saved: dict) -> dict[str, dict]:
-    """{shape name: {"info", "runs"}} of a --json file (one written before shapes: the toy shape)."""
-    if "shapes" in saved:
-        return saved["shapes"]
-    return {saved["info"].get("shape_name", "toy"): {"info": saved["info"], "runs": saved["runs"]}}
+    """{shape name (and "gradient checkpointing" where it was on): {"info", "runs"}} of a --json
+    file (one written before shapes: the toy shape)."""
+    shapes = saved["shapes"] if "shapes" in saved else {"toy": {"info": saved["info"], "runs": saved["runs"]}}
+    return {
+        name + (" gradient checkpointing" if s["info"].get("gradient_checkpointing") else ""): s
+        for name, s in shapes.items()
+    }
 
 
 def write_results(args, shapes: dict[str, dict]) -> None:
@@ -385,7 +393,9 @@ def write_results(args, shapes: dict[str, dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
-        shapes = saved_shapes(json.loads(args.report.read_text()))
+        shapes = {}
+        for path in args.report:
+            shapes.update(saved_shapes(json.loads(path.read_text())))
         for s in shapes.values():
             report(s["info"], s["runs"])
         if args.update_results:

@@ -108,3 +108,33 @@ def test_pairs_per_second_from_step_times():
     assert (f["peak_rss_mib"], f["peak_rss_over_imports_mib"]) == (1200.0, 900.0)
     # MFU: 2 pairs/s × the pair's FLOPs ÷ 100 GFLOP/s
     assert f["mfu"] == pytest.approx(2.0 * 4 * (6.2768e9 + 4.096e8) / 100e9)
+
+
+def test_verdicts_on_the_issue_s_targets():
+    from _targets import verdicts
+
+    row = {
+        "impl": {"dpolab/dpo": {"mfu": 0.52}},
+        "speed_ratio": 2.6,
+        "memory_ratio": 0.41,
+        "idpo_time_ratio": 1.25,
+        "idpo_flops_ratio": 1.20,  # 1.25 / 1.20 = 1.042: within 5 %
+    }
+    lines = verdicts({"dialogue/full/live": row}, "smollm2-135m")
+    assert "MET    dialogue full live speed ≥ 2.5×: 2.60×" in lines
+    assert "MISSED dialogue full live peak memory ≤ 0.4×: 0.41×" in lines
+    assert (
+        "MET    dialogue/full/live intermediate DPO time within 5 % of the FLOP count's 1.20×: 1.25×" in lines
+    )
+    assert "MET    dpolab MFU ≥ 50 % (plain DPO, every case): lowest 52.0%" in lines
+    row["idpo_time_ratio"] = 1.27  # 1.058: outside
+    assert any(
+        x.startswith("MISSED dialogue/full/live intermediate DPO")
+        for x in verdicts({"dialogue/full/live": row})
+    )
+    # the toy shape is held to the 2026-12-01 record (speed ≥ 0.9×, memory ≤ 1.05× its ratios)
+    toy = verdicts({"answer/full/live": {"impl": {}, "speed_ratio": 3.3, "memory_ratio": 0.25}}, "toy")
+    assert toy == [
+        "MET    answer/full/live speed no worse than the record's 3.57× (≥ 3.21×): 3.30×",
+        "MET    answer/full/live peak memory no worse than the record's 0.24× (≤ 0.25×): 0.25×",
+    ]
