@@ -12,12 +12,6 @@ import pytest
 import yaml
 from docs_blocks import DOCS, PAGES, REPO
 
-# Pages that other branches add, linked from here before they land: a link to one of them, or a
-# nav entry, is accepted while the page does not exist. Remove a name once its page is on main.
-PENDING = {
-    "performance.md",
-}
-
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -47,10 +41,6 @@ def links(page: Path) -> list[str]:
     return [t for t in targets if t]
 
 
-def _pending(target: Path) -> bool:
-    return target.parent == DOCS and target.name in PENDING and not target.exists()
-
-
 def test_every_page_is_in_the_nav_once():
     pages = sorted(p.name for p in DOCS.glob("*.md"))
     assert sorted(set(NAV)) == sorted(NAV), "a page is listed twice in mkdocs.yml"
@@ -59,7 +49,7 @@ def test_every_page_is_in_the_nav_once():
 
 
 def test_every_nav_entry_exists():
-    absent = [p for p in NAV if not (DOCS / p).exists() and not _pending(DOCS / p)]
+    absent = [p for p in NAV if not (DOCS / p).exists()]
     assert not absent, f"mkdocs.yml's nav lists pages that docs/ lacks: {', '.join(absent)}"
 
 
@@ -68,7 +58,7 @@ def test_relative_links_resolve(page):
     broken = []
     for target in links(page):
         path = (page.parent / target).resolve()
-        if not path.exists() and not _pending(path):
+        if not path.exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)} links to what does not exist: {', '.join(broken)}"
 

@@ -17,6 +17,7 @@ from dpolab.training.reference import (
     ModelReference,
     PrecomputedReference,
     eval_mode,
+    mixed_precision_autocast,
 )
 from dpolab.training.reference_cache import (
     cache_key,
@@ -132,6 +133,8 @@ def build_reference(
         fingerprint = weights_fingerprint(policy)  # its starting weights: no step taken yet
     else:
         fingerprint = model_fingerprint(ref_path)
+    # computed under the autocast the policy's forward will run under (training.bf16 / fp16)
+    precision = getattr(args, "mixed_precision", "no") or "no"
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
     for part in ("train", "eval"):
@@ -146,6 +149,7 @@ def build_reference(
             final_norm=final_norm,
             dtype=section.dtype,
             ld_alpha=objective.ld_alpha,
+            autocast=None if precision == "no" else precision,
         )
 
         def compute(pairs=pairs):
@@ -164,7 +168,8 @@ def build_reference(
                 policy.to(args.device)
             else:
                 reference.to(args.device)
-            with eval_mode(policy):  # no dropout in the reference's log-probs
+            # no dropout in the reference's log-probs; the policy's mixed precision
+            with eval_mode(policy), mixed_precision_autocast(precision, args.device.type):
                 values = compute_reference_logps(
                     reference, pairs, collator, batch_size=batch_size, device=args.device, policy=owner
                 )
