@@ -66,7 +66,7 @@ def test_relative_links_resolve(page):
 @pytest.mark.parametrize("index", [REPO / "README.md", DOCS / "index.md"], ids=lambda p: p.name)
 def test_the_readme_and_the_index_link_every_page(index):
     linked = {(index.parent / t).resolve() for t in links(index)}
-    pages = {p.resolve() for p in DOCS.glob("*.md")} | {(DOCS / name).resolve() for name in PENDING}
+    pages = {p.resolve() for p in DOCS.glob("*.md")}
     unlinked = sorted(p.name for p in pages - linked if p != index.resolve())
     assert not unlinked, f"{index.name} does not link {', '.join(unlinked)}"
 
@@ -82,22 +82,13 @@ def test_the_links_are_found():
 
 
 def test_the_site_builds_without_warnings(tmp_path, caplog):
-    """`mkdocs build` over mkdocs.yml: no warning but those about pages still to come (PENDING)."""
+    """`mkdocs build` over mkdocs.yml: no warning."""
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
 
     config = load_config(config_file=str(REPO / "mkdocs.yml"), site_dir=str(tmp_path / "site"))
     with caplog.at_level(logging.WARNING, logger="mkdocs"):
         build(config)
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING
-        and not any(f"'{name}'" in r.getMessage() for name in _missing_pending())
-    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warnings, "\n".join(warnings)
     assert (tmp_path / "site" / "training" / "index.html").is_file()
-
-
-def _missing_pending() -> list[str]:
-    return [name for name in PENDING if not (DOCS / name).exists()]
