@@ -164,7 +164,7 @@ def test_under_autocast_the_reference_is_precomputed_in_bf16(tmp_path, model_dir
             "training": {"output_dir": str(tmp_path / "out"), "bf16": True, "use_cpu": True},
         }
     )
-    pairs = prepare(config).data.train
+    pairs = list(prepare(config).data.train)  # the rows, as dicts
     precomputed = torch.tensor([p["ref_logps"] for p in pairs])  # (pairs, layers [2, 4], [chosen, rejected])
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
