@@ -26,6 +26,12 @@ from dpolab.testing import build_tokenizer, tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# The tests' own servers (the judge's chat server, torch.distributed's rendezvous) are on this
+# machine: never through a proxy that the environment may name for the package registries.
+_local = ["127.0.0.1", "localhost", "::1"]
+for _name in ("NO_PROXY", "no_proxy"):
+    _given = [x for x in os.environ.get(_name, "").split(",") if x]
+    os.environ[_name] = ",".join(_given + [x for x in _local if x not in _given])
 # dpolab's caches (the prepared data of every run a test starts, reference log-probs a test does
 # not place itself) in a folder of this test process, not in the user's ~/.cache/dpolab.
 if "DPOLAB_CACHE" not in os.environ:
@@ -156,10 +162,14 @@ class SmallDisk:
         """Take every free byte with a filler file (tmpfs gives space in pages: a file whose last
         page has room can still grow until that page is full). Returns the filler."""
         filler = self.path / "filler"
+        # never more than the disk holds: a mount that did not limit the space fails here rather
+        # than filling the machine's own disk
+        limit = shutil.disk_usage(self.path).total + (1 << 20)
         with filler.open("ab", buffering=0) as handle:
             for chunk in (1 << 16, 1 << 12, 1):
                 try:
                     while True:
+                        assert handle.tell() < limit, f"{self.path} took {handle.tell()} bytes: not a small disk"
                         handle.write(b"\0" * chunk)
                 except OSError as err:
                     assert err.errno == errno.ENOSPC, err
@@ -195,6 +205,9 @@ def small_disk(tmp_path):
                 f"a full disk is made with a small tmpfs, and mounting one failed: {result.stderr.strip()}"
             )
         mounted.append(folder)
+        total = shutil.disk_usage(folder).total
+        if total > 64 << 20:  # the sizes asked for here are a few MiB
+            pytest.skip(f"a full disk is made with a small tmpfs, and the one mounted holds {total} bytes")
         return SmallDisk(folder)
 
     yield mount
