@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first (the CPU build on the machines this is developed on), so that nothing later pulls a CUDA build
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,bench,gguf]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,gguf,deepspeed]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -40,10 +40,12 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def matmul_peak_gflops(device, dtype, *, sizes=(1024, 2048, 3072), seconds: float = 0.4) -> float:
-    """The best GFLOP/s of square matrix products over a few sizes (best of several repeats)."""
+def matmul_peak_gflops(device, dtype, *, sizes=None, seconds: float = 0.4) -> float:
+    """The best GFLOP/s of square matrix products over a few sizes (best of several repeats); a GPU
+    needs larger products than a CPU to reach its peak."""
     import torch
 
+    sizes = sizes or ((4096, 8192) if device.type == "cuda" else (1024, 2048, 3072))
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -194,7 +196,11 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
     from dpolab.training import config_from_dict, run
 
     out = Path(spec["workdir"])
-    model = {"name_or_path": spec["model"], "dtype": spec["dtype"], "attn_implementation": "sdpa"}
+    model = {
+        "name_or_path": spec["model"],
+        "dtype": spec["dtype"],
+        "attn_implementation": spec.get("attn_implementation", "sdpa"),
+    }
     if spec["tuning"] == "lora":
         model["lora"] = _lora_settings()
     method = spec.get("method", "dpo")

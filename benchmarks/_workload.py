@@ -1,10 +1,14 @@
 """The benchmark's model, tokenizer and data, built locally from a seed (nothing is downloaded).
 
-- Model: a Llama-architecture causal LM with real proportions (vocabulary 32,000, untied output
-  head, head dimension 64, MLP width ≈ 8/3 of the hidden size), random weights.
+- Model: a causal LM built from a config with random weights, in one of the named `SHAPES`: the
+  toy Llama of the first benchmark (vocabulary 32,000, untied output head, head dimension 64, MLP
+  width ≈ 8/3 of the hidden size), a SmolLM2-135M-shaped Llama and a Qwen2.5-0.5B-shaped Qwen2
+  (their real layer counts, widths, grouped KV heads, vocabularies and tied heads).
 - Tokenizer: a word-level tokenizer whose 32,000 tokens are `<s> </s> <pad> <unk>` and the words
   `w4` … `w31999`; text is the words joined by spaces, so a text of n words is n tokens and both
   trainers see exactly the token ids the generator drew (plus BOS, and EOS after each completion).
+  The same for every shape, so that every shape trains on the same token ids; a larger model
+  vocabulary has rows no text uses, and the output head still projects onto all of them.
 - Data: pairs with lengths drawn uniformly per pair, in two regimes (`REGIMES`).
 """
 
@@ -27,17 +31,56 @@ REGIMES = {
 
 @dataclass(frozen=True)
 class ModelShape:
+    """A model's proportions. Heads default to a head dimension of 64, KV heads to the heads
+    (no grouping), the MLP to ≈ 8/3 of the hidden size (Llama-2: 4096 -> 11008)."""
+
     hidden: int = 256
     layers: int = 4
     vocab: int = VOCAB
+    heads: int = 0
+    kv_heads: int = 0
+    intermediate: int = 0
+    tied: bool = False
+    family: str = "llama"  # llama | qwen2 (Qwen2 adds biases to the q, k and v projections)
+
+    def __post_init__(self):
+        heads = self.heads or max(1, self.hidden // 64)
+        object.__setattr__(self, "heads", heads)
+        object.__setattr__(self, "kv_heads", self.kv_heads or heads)
+        object.__setattr__(self, "intermediate", self.intermediate or 32 * round(self.hidden * 8 / 3 / 32))
 
     @property
-    def heads(self) -> int:
-        return max(1, self.hidden // 64)
+    def head_params(self) -> int:
+        """Parameters of the output head (vocabulary × hidden; shared with the input embedding when tied)."""
+        return self.vocab * self.hidden
 
-    @property
-    def intermediate(self) -> int:
-        return 32 * round(self.hidden * 8 / 3 / 32)  # 256 -> 672 (Llama-2 7B: 4096 -> 11008)
+    def describe(self) -> str:
+        kv = f" / {self.kv_heads} KV heads" if self.kv_heads != self.heads else ""
+        return (
+            f"{self.family.capitalize()}, vocabulary {self.vocab}, hidden {self.hidden}, {self.layers} layers, "
+            f"{self.heads} heads{kv}, MLP {self.intermediate}, {'tied' if self.tied else 'untied'} head"
+        )
+
+
+# The benchmark's named shapes: `--shape NAME`.
+SHAPES = {
+    "toy": ModelShape(),
+    # HuggingFaceTB/SmolLM2-135M's config.json
+    "smollm2-135m": ModelShape(
+        hidden=576, layers=30, vocab=49_152, heads=9, kv_heads=3, intermediate=1536, tied=True
+    ),
+    # Qwen/Qwen2.5-0.5B's config.json
+    "qwen2.5-0.5b": ModelShape(
+        hidden=896,
+        layers=24,
+        vocab=151_936,
+        heads=14,
+        kv_heads=2,
+        intermediate=4864,
+        tied=True,
+        family="qwen2",
+    ),
+}
 
 
 def build_tokenizer():
@@ -56,23 +99,27 @@ def build_tokenizer():
 
 def build_model(shape: ModelShape, *, seed: int = 0):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = LlamaConfig(
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[shape.family]
+    config = config_class(
         vocab_size=shape.vocab,
         hidden_size=shape.hidden,
         num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         intermediate_size=shape.intermediate,
         max_position_embeddings=2048,
-        tie_word_embeddings=False,
+        tie_word_embeddings=shape.tied,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=2,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return model_class(config)
 
 
 def _words(rng: random.Random, n: int) -> str:

@@ -47,6 +47,11 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak = 0
         self._tracked: set[int] = set()
 
+    def _allocated(self, key: int, nbytes: int) -> None:
+        self._tracked.add(key)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
     def _freed(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
         self._tracked.discard(key)
@@ -65,9 +70,7 @@ class LiveTensorBytes(TorchDispatchMode):
             if key in inputs or key in self._tracked:
                 continue  # a view or an in-place result: no new memory
             nbytes = storage.nbytes()
-            self._tracked.add(key)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
+            self._allocated(key, nbytes)
             weakref.finalize(storage, self._freed, key, nbytes)
         return out
 

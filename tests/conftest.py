@@ -3,6 +3,7 @@ disks that really fill up (tmpfs), and processes killed with SIGKILL."""
 
 from __future__ import annotations
 
+import atexit
 import errno
 import html
 import json
@@ -12,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,11 @@ from dpolab.testing import build_tokenizer, tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# dpolab's caches (the prepared data of every run a test starts, reference log-probs a test does
+# not place itself) in a folder of this test process, not in the user's ~/.cache/dpolab.
+if "DPOLAB_CACHE" not in os.environ:
+    os.environ["DPOLAB_CACHE"] = tempfile.mkdtemp(prefix="dpolab-tests-")
+    atexit.register(shutil.rmtree, os.environ["DPOLAB_CACHE"], True)
 # One thread per test process: tiny models gain nothing from two, and `make test` runs two
 # pytest workers (pytest-xdist) side by side on the two cores.
 torch.set_num_threads(1)

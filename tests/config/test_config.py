@@ -321,3 +321,32 @@ def test_training_arguments_defaults_and_what_the_user_sets(tmp_path, monkeypatc
         has_eval=False,
     )
     assert args.dataloader_pin_memory is True and args.eval_strategy == "no"
+
+
+def test_under_deepspeed_bf16_follows_the_accelerate_config(tmp_path, monkeypatch):
+    """DeepSpeed takes bf16/fp16 from the accelerate config's mixed_precision, and transformers
+    stops (with a traceback) unless training.bf16/fp16 match: dpolab follows the launcher where
+    the training section is silent, and says in one line what to write where it contradicts it."""
+    from dpolab.training import PREFERENCE
+    from dpolab.training.arguments import _deepspeed_mixed_precision, training_arguments
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert (
+        _deepspeed_mixed_precision({}) == {}
+    )  # not under DeepSpeed: the Trainer follows the launcher itself
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert _deepspeed_mixed_precision({}) == {"bf16": True}
+    assert _deepspeed_mixed_precision({"bf16": True}) == {}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert _deepspeed_mixed_precision({}) == {"fp16": True}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert _deepspeed_mixed_precision({}) == {}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    config = config_from_dict(with_(training={"output_dir": str(tmp_path), "bf16": False}))
+    with pytest.raises(DpolabError) as err:
+        training_arguments(config, PREFERENCE, has_eval=False)
+    assert str(err.value) == (
+        "training.bf16 is false but the accelerate config's mixed_precision is 'bf16', which DeepSpeed "
+        "follows: write training.bf16=true, or change mixed_precision in the accelerate config"
+    )

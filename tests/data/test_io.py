@@ -8,6 +8,8 @@ import stat
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpolab.data.io import Row, looks_like_path, read_rows, write_json_atomic, write_jsonl_atomic
 from dpolab.errors import DpolabError
@@ -245,3 +247,81 @@ def test_an_error_reading_the_input_is_not_blamed_on_the_output(tmp_path):
     with pytest.raises(PermissionError):
         write_jsonl_atomic(tmp_path / "out.jsonl", records())
     assert list(tmp_path.iterdir()) == []
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    elements=st.lists(
+        st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=4) | JSON_VALUES, max_size=6
+    ),
+    indent=st.sampled_from([None, 1, 4]),
+    chunk=st.integers(1, 40),
+)
+def test_a_json_list_read_in_chunks_gives_what_json_loads_gives(tmp_path_factory, elements, indent, chunk):
+    """Element by element, whatever the chunk boundaries cut (a number, a string, an escape)."""
+    import dpolab.data.json_list as json_list
+
+    path = tmp_path_factory.mktemp("chunks") / "list.json"
+    path.write_text(json.dumps(elements, indent=indent), encoding="utf-8")
+    old, json_list._CHUNK = json_list._CHUNK, chunk
+    try:
+        rows = list(read_rows(path))
+        texts = list(read_rows(path, parse=False))
+    finally:
+        json_list._CHUNK = old
+    expected = [
+        Row(i, e) if isinstance(e, dict) else Row(i, None, f"not a JSON object but {type(e).__name__}")
+        for i, e in enumerate(elements, start=1)
+    ]
+    assert rows == expected
+    assert [json.loads(r.text) for r in texts] == elements and [r.number for r in texts] == [
+        r.number for r in rows
+    ]
+
+
+def test_a_broken_json_list_names_line_and_column_across_chunks(tmp_path, monkeypatch):
+    import dpolab.data.json_list as json_list
+
+    monkeypatch.setattr(json_list, "_CHUNK", 3)
+    (tmp_path / "broken.json").write_text('[{"a": 1},\n {"a": 2}\n {"a": 3}]')
+    with pytest.raises(
+        DpolabError, match=r"broken\.json: not valid JSON \(Expecting ',' delimiter at line 3, column 2\)"
+    ):
+        list(read_rows(tmp_path / "broken.json"))
+    (tmp_path / "extra.json").write_text('[\n {"a": 1}\n]\n\n  x')
+    with pytest.raises(DpolabError, match=r"extra\.json: not valid JSON \(Extra data at line 5, column 3\)"):
+        list(read_rows(tmp_path / "extra.json"))
+
+
+def test_a_large_json_list_is_read_without_holding_it(tmp_path, monkeypatch):
+    """A MetaMathQA-shaped list (pretty-printed, as the real file is): the rows come one at a time,
+    and what the reader holds at once is a chunk of the text (64 KiB here), not the file."""
+    import tracemalloc
+
+    import dpolab.data.json_list as json_list
+
+    monkeypatch.setattr(json_list, "_CHUNK", 1 << 16)
+
+    row = {
+        "query": "Natalia sold clips to 48 of her friends. " * 3,
+        "response": "48/2 = 24\nThe answer is: 72",
+        "type": "GSM",
+    }
+    path = tmp_path / "MetaMathQA.json"
+    path.write_text(json.dumps([row] * 20_000, indent=1), encoding="utf-8")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        count = sum(1 for r in read_rows(path) if r.record == row)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 20_000 and size > 4_000_000
+    assert peak < size / 4, peak  # the whole list as Python objects would be several times the file

@@ -31,7 +31,7 @@ def test_levenshtein_by_hand():
 
 @settings(max_examples=300, deadline=None)
 @given(a=st.lists(st.integers(0, 4), max_size=70), b=st.lists(st.integers(0, 4), max_size=70))
-def test_bit_parallel_levenshtein_equals_the_textbook_one(a, b):
+def test_levenshtein_equals_the_textbook_one(a, b):
     # sizes over 64 exercise bit vectors wider than a machine word
     assert levenshtein(a, b) == naive_levenshtein(a, b) == levenshtein(b, a)
 
@@ -119,3 +119,29 @@ def test_dataset_stats_in_characters_and_tokens(tokenizer):
     text = format_stats(stats, source="x.jsonl")
     assert text.splitlines()[0] == "x.jsonl: 2 pairs"
     assert "mean 100.0%, median 100.0%" in text
+
+
+@pytest.mark.parametrize(
+    ("source", "with_tokenizer", "level", "num_proc"),
+    [
+        ("hh_rlhf_train.jsonl", False, "token", 1),
+        ("hh_rlhf_train.jsonl", True, "token", 2),
+        ("ultrafeedback_binarized_train_prefs.jsonl", True, "char", 1),
+        ("ultrafeedback_binarized_train_prefs.jsonl", False, "char", 1),
+    ],
+)
+def test_stats_of_a_file_on_arrow_tables_equal_those_of_its_pairs(
+    source, with_tokenizer, level, num_proc, tokenizer, tmp_path
+):
+    from dpolab.data.pairs import load_pairs
+    from dpolab.data.stats import source_stats
+
+    from .helpers import FIXTURES
+
+    tok = tokenizer if with_tokenizer else None
+    examples, _ = load_pairs(FIXTURES / source)
+    stats, report = source_stats(
+        str(FIXTURES / source), tokenizer=tok, level=level, num_proc=num_proc, work=tmp_path
+    )
+    assert stats == dataset_stats(examples, tokenizer=tok, level=level)
+    assert not report.skipped and list(tmp_path.iterdir()) == []  # its tables removed

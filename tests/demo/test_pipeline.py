@@ -44,7 +44,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         sum(summary["timings_s"].values())
     )
     assert len(summary["findings"]) == 6 and all(isinstance(f["shown"], bool) for f in summary["findings"])
-    check_practice(out, summary, run="dpo-low", steps=[4, 8], problems=16, models=["sft"])
+    check_practice(out, summary, run="dpo-low", steps=[2, 4, 6, 8], problems=16, models=["sft"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "What it shows" in html and "--quick run" in html
     assert (out / "report.md").exists() and any((out / "plots").glob("*.png"))
@@ -92,6 +92,7 @@ def check_practice(out, summary, *, run, steps, problems, models):
         "training.eval_steps",
         "training.save_strategy",
         "training.save_steps",
+        "training.save_total_limit",
         "training.save_only_model",
     }
     assert (

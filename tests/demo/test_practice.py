@@ -69,7 +69,9 @@ def test_held_out_texts():
         "prompt": "Tom has 3 pens . How many pens does Tom have now ?\n",
         "chosen": "3 + 0 = 3\n#### 3",
     }
-    assert task_texts([problem]) == ["Tom has 3 pens . How many pens does Tom have now ?\n3 + 0 = 3\n#### 3"]
+    assert task_texts([problem]) == [
+        ("Tom has 3 pens . How many pens does Tom have now ?\n", "3 + 0 = 3\n#### 3")
+    ]
 
 
 @pytest.mark.parametrize(

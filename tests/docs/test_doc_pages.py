@@ -12,14 +12,6 @@ import pytest
 import yaml
 from docs_blocks import DOCS, PAGES, REPO
 
-# Pages that other branches add, linked from here before they land: a link to one of them, or a
-# nav entry, is accepted while the page does not exist. Remove a name once its page is on main.
-PENDING = {
-    "models.md",
-    "data.md",
-    "performance.md",
-}
-
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -49,10 +41,6 @@ def links(page: Path) -> list[str]:
     return [t for t in targets if t]
 
 
-def _pending(target: Path) -> bool:
-    return target.parent == DOCS and target.name in PENDING and not target.exists()
-
-
 def test_every_page_is_in_the_nav_once():
     pages = sorted(p.name for p in DOCS.glob("*.md"))
     assert sorted(set(NAV)) == sorted(NAV), "a page is listed twice in mkdocs.yml"
@@ -61,7 +49,7 @@ def test_every_page_is_in_the_nav_once():
 
 
 def test_every_nav_entry_exists():
-    absent = [p for p in NAV if not (DOCS / p).exists() and not _pending(DOCS / p)]
+    absent = [p for p in NAV if not (DOCS / p).exists()]
     assert not absent, f"mkdocs.yml's nav lists pages that docs/ lacks: {', '.join(absent)}"
 
 
@@ -70,7 +58,7 @@ def test_relative_links_resolve(page):
     broken = []
     for target in links(page):
         path = (page.parent / target).resolve()
-        if not path.exists() and not _pending(path):
+        if not path.exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)} links to what does not exist: {', '.join(broken)}"
 
@@ -78,7 +66,7 @@ def test_relative_links_resolve(page):
 @pytest.mark.parametrize("index", [REPO / "README.md", DOCS / "index.md"], ids=lambda p: p.name)
 def test_the_readme_and_the_index_link_every_page(index):
     linked = {(index.parent / t).resolve() for t in links(index)}
-    pages = {p.resolve() for p in DOCS.glob("*.md")} | {(DOCS / name).resolve() for name in PENDING}
+    pages = {p.resolve() for p in DOCS.glob("*.md")}
     unlinked = sorted(p.name for p in pages - linked if p != index.resolve())
     assert not unlinked, f"{index.name} does not link {', '.join(unlinked)}"
 
@@ -94,22 +82,13 @@ def test_the_links_are_found():
 
 
 def test_the_site_builds_without_warnings(tmp_path, caplog):
-    """`mkdocs build` over mkdocs.yml: no warning but those about pages still to come (PENDING)."""
+    """`mkdocs build` over mkdocs.yml: no warning."""
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
 
     config = load_config(config_file=str(REPO / "mkdocs.yml"), site_dir=str(tmp_path / "site"))
     with caplog.at_level(logging.WARNING, logger="mkdocs"):
         build(config)
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING
-        and not any(f"'{name}'" in r.getMessage() for name in _missing_pending())
-    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warnings, "\n".join(warnings)
     assert (tmp_path / "site" / "training" / "index.html").is_file()
-
-
-def _missing_pending() -> list[str]:
-    return [name for name in PENDING if not (DOCS / name).exists()]

@@ -144,3 +144,35 @@ def test_fsdp2_sharded_head_gives_the_unsharded_log_probs():
     done = _torchrun([str(Path(__file__).with_name("fsdp2_worker.py"))])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "fsdp2 ok" in done.stdout
+
+
+@pytest.mark.slow
+def test_only_the_main_process_prepares_the_data_the_other_reads_it(tmp_path, tokenizer):
+    """Under torchrun the main process prepares (here: from nothing cached) while the other waits,
+    then reads the entry it cached: the same pairs, and no second preparation."""
+    model_dir = tmp_path / "model"
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "cache_dir": str(tmp_path / "cache"), "num_proc": 2},
+        "training": {"output_dir": str(tmp_path / "out"), "use_cpu": True, "disable_tqdm": True},
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(values), encoding="utf-8")
+    done = _torchrun([str(Path(__file__).with_name("data_worker.py")), str(config)], HF_HUB_OFFLINE="1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = sorted(
+        (
+            json.loads(line.removeprefix("data "))
+            for line in done.stdout.splitlines()
+            if line.startswith("data ")
+        ),
+        key=lambda r: r["rank"],
+    )
+    assert [(r["rank"], r["from_cache"]) for r in records] == [(0, False), (1, True)]
+    assert records[0]["cache"] == records[1]["cache"] and records[0]["train"] == records[1]["train"]
+    assert len(records[0]["train"]) == len(ROWS)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(records[0]["cache"]).name]

@@ -92,3 +92,13 @@ def test_cache_key_covers_ld_alpha():
     plain = cache_key(**key)
     assert cache_key(**key, ld_alpha=None) == plain  # the caches written before LD-DPO stay valid
     assert len({plain, cache_key(**key, ld_alpha=0.5), cache_key(**key, ld_alpha=0.25)}) == 3
+
+
+def test_cache_key_covers_the_mixed_precision():
+    from dpolab.training.reference_cache import cache_key
+
+    pairs = [{"prompt_ids": [5, 6], "chosen_ids": [7, 1], "rejected_ids": [8, 9, 1]}]
+    key = dict(model={"path": "m", "hash": "x"}, pairs=pairs, layers=[2, 4], final_norm=True, dtype="float32")
+    plain = cache_key(**key)
+    assert cache_key(**key, autocast=None) == plain  # the caches written before stay valid
+    assert len({plain, cache_key(**key, autocast="bf16"), cache_key(**key, autocast="fp16")}) == 3

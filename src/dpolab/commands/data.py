@@ -83,6 +83,12 @@ def register(subparsers) -> None:
         default="token",
         help="edit distance over tokens (the tokenizer's, else words; default) or characters",
     )
+    stats.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="processes reading and measuring the pairs (default: the CPUs available, at most 8)",
+    )
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=run_stats)
 
@@ -189,18 +195,26 @@ def run_convert(args) -> int:
 
 
 def run_stats(args) -> int:
-    from dpolab.data.pairs import load_pairs
-    from dpolab.data.stats import dataset_stats, format_stats
+    from dpolab.data.stats import format_stats, source_stats
     from dpolab.modeling.loading import load_tokenizer
 
     if args.bins < 1:
         raise DpolabError(f"--bins must be at least 1, not {args.bins}")
+    if args.num_proc is not None and args.num_proc < 1:
+        raise DpolabError(f"--num-proc must be at least 1, not {args.num_proc}")
     check_split(args.file, args.split)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    examples, report = load_pairs(
-        args.file, split=args.split, fmt=args.fmt, on_bad_rows=args.on_bad_rows, skip_hint=FLAG_SKIP_HINT
+    stats, report = source_stats(
+        args.file,
+        split=args.split,
+        fmt=args.fmt,
+        on_bad_rows=args.on_bad_rows,
+        tokenizer=tokenizer,
+        bins=args.bins,
+        level=args.level,
+        num_proc=args.num_proc,
+        skip_hint=FLAG_SKIP_HINT,
     )
-    stats = dataset_stats(examples, tokenizer=tokenizer, bins=args.bins, level=args.level)
     if args.json:
         print(json.dumps({"source": args.file, **stats, "skipped": report.to_dict()}, indent=2))
     else:

@@ -66,6 +66,10 @@ class DataSection:
     # (docs/performance.md)
     pack_tokens: int | None = None
     limit: int | None = None  # train on the first N usable pairs only (of the mixture, for several sources)
+    num_proc: int | None = None  # processes preparing the data (default: the CPUs available, at most 8)
+    cache_dir: str | None = (
+        None  # prepared pairs (default: $DPOLAB_CACHE/data or ~/.cache/dpolab/data; docs/data.md)
+    )
 
 
 @dataclass

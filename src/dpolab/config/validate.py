@@ -98,6 +98,8 @@ def _check_data(config: RunConfig) -> None:
         raise DpolabError(
             f"data.eval_size: {data.eval_size} must be a fraction in (0, 1) or a number of pairs"
         )
+    if data.num_proc is not None and data.num_proc < 1:
+        raise DpolabError(f"data.num_proc: {data.num_proc} must be at least 1 (or null: the CPUs available)")
 
 
 def _check_training(config: RunConfig) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from dpolab.data.formats import BadRow, PreferenceExample
 from dpolab.data.io import read_rows
-from dpolab.data.pairs import BadRowPolicy, BadRowReport, SkippedRow
+from dpolab.data.pairs import BadRowPolicy, BadRowReport, SkippedRow, no_pairs_error
 from dpolab.errors import DpolabError
 
 BUILDER_NAMES = ("metamath", "arc", "hellaswag")
@@ -344,5 +344,5 @@ def build_pairs(
     fn = builder_fn(builder, seed=seed, template=template, delimiter=delimiter)
     examples = list(iter_examples(source, fn, policy, split=split))
     if not examples:
-        raise DpolabError(f"{source}: the {builder} builder made no pairs ({policy.report.summary()})")
+        raise no_pairs_error(policy.report, builder)
     return examples, policy.report

@@ -208,12 +208,14 @@ def detect_format(record: dict[str, Any]) -> str:
 
 
 def common_prefix_length(a: list | str, b: list | str) -> int:
-    n = 0
-    for x, y in zip(a, b):
+    """How many leading items (or characters) `a` and `b` share."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # one comparison in C: the usual case, a prompt's ids before its completion's
+        return n
+    for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            break
-        n += 1
-    return n
+            return i
+    return n  # unreachable: the slices differ somewhere
 
 
 def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:

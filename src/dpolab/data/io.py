@@ -3,6 +3,9 @@
 Every row keeps the number a user would look for: the line number in a JSONL file, the 1-based
 index in a JSON list, a Parquet file or a hub dataset split. A row that cannot be parsed is
 returned with its error instead of being skipped, so that the caller decides (stop or count).
+
+Files are read as streams: a JSONL file line by line, a JSON list element by element (a
+MetaMathQA-size list never exists whole as Python objects), a Parquet file batch by batch.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 @dataclass
 class Row:
-    """One input row: its 1-based number, and either the parsed record or why it has none."""
+    """One input row: its 1-based number, and either the parsed record or why it has none; or,
+    read with `parse=False` from a file that holds rows as JSON text (JSONL, a JSON list), that
+    text, for `parse_record` to parse later (in another process)."""
 
     number: int
     record: dict[str, Any] | None
     error: str | None = None
+    text: str | None = None
 
 
 def looks_like_path(source: str | os.PathLike) -> bool:
@@ -38,10 +44,13 @@ def looks_like_path(source: str | os.PathLike) -> bool:
     return text.lower().endswith(FILE_SUFFIXES) or text.startswith((".", "/", "~"))
 
 
-def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterator[Row]:
+def read_rows(source: str | os.PathLike, *, split: str | None = None, parse: bool = True) -> Iterator[Row]:
     """Rows of a `.jsonl`, `.json` or `.parquet` file, a folder saved by `datasets`, or a hub id.
     A `.json` file holds a list of objects, a dict of columns, `{"data": [...]}`, a single object
     (one row), or JSON Lines (see `_records_of_dict` for how an object is read).
+
+    With `parse=False`, the rows of a JSONL file or a JSON list come back as their JSON `text`,
+    unparsed (`parse_record` gives the record or the error `parse=True` would have given).
 
     Raises `DpolabError` for a missing file, an unknown suffix or an unreachable hub dataset; rows
     that are not JSON objects come back as `Row(number, None, error)`.
@@ -53,9 +62,9 @@ def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterato
     elif path.exists():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            yield from _read_jsonl(path)
+            yield from _read_jsonl(path, parse)
         elif suffix == ".json":
-            yield from _read_json(path)
+            yield from _read_json(path, parse)
         elif suffix == ".parquet":
             yield from _read_parquet(path)
         else:
@@ -66,28 +75,68 @@ def read_rows(source: str | os.PathLike, *, split: str | None = None) -> Iterato
         yield from _read_hub(text, split)
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
+def parse_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for the JSON text of an object, else (None, why not)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    if isinstance(record, dict):
+        return record, None
+    return None, f"not a JSON object but {type(record).__name__}"
+
+
+def _row(number: int, text: str, parse: bool) -> Row:
+    if not parse:
+        return Row(number, None, text=text)
+    record, error = parse_record(text)
+    return Row(number, record, error)
+
+
+def _read_jsonl(path: Path, parse: bool = True) -> Iterator[Row]:
     with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of row 1
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # blank lines hold no row
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield Row(number, None, f"not valid JSON ({err.msg})")
-                continue
-            if isinstance(record, dict):
-                yield Row(number, record)
-            else:
-                yield Row(number, None, f"not a JSON object but {type(record).__name__}")
+            yield _row(number, line, parse)
 
 
-def _read_json(path: Path) -> Iterator[Row]:
+_FIRST_LINE = 1 << 20  # characters of a first line read to tell JSON Lines from JSON
+
+
+def _first_line_is_a_row(path: Path) -> bool:
+    """Whether the file is JSON Lines: its first line (if under `_FIRST_LINE`) is a whole JSON value
+    and more follows (a pretty-printed list or object starts with a line that is not)."""
+    with path.open(encoding="utf-8-sig") as handle:
+        first = handle.readline(_FIRST_LINE)
+        if not first.endswith("\n"):
+            return False
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        while chunk := handle.read(_FIRST_LINE):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _read_json(path: Path, parse: bool = True) -> Iterator[Row]:
+    with path.open(encoding="utf-8-sig") as handle:
+        start = handle.read(4096).lstrip()[:1]
+    if _first_line_is_a_row(path):  # JSON Lines under a .json name (as SHP's files are)
+        yield from _read_jsonl(path, parse)
+        return
+    if start == "[":
+        from dpolab.data.json_list import read_json_list  # which reads `Row`s
+
+        yield from read_json_list(path, parse)
+        return
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # JSON Lines under a .json name (as SHP's files are)
-            yield from _read_jsonl(path)
+        if err.msg == "Extra data":  # JSON Lines whose first line is not a whole value on its own
+            yield from _read_jsonl(path, parse)
             return
         raise DpolabError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
@@ -148,11 +197,14 @@ def _read_parquet(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield Row(number, record)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DpolabError(f"{path}: cannot read as Parquet ({err})") from None
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield Row(number, record)
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> Iterator[Row]:

@@ -20,6 +20,9 @@ Mixing, as LLaMA-Factory users know it (`mix_strategy`, `interleave_probs`):
   with `seed`, so the same specs and seed always give the same examples in the same order.
 
 Weights must be given to every source or to none.
+
+`load_sources` gives the examples as Python objects (for small data and the tests); training
+prepares the same mixture on Arrow tables (`dpolab.data.sources`), with `mixture_order`.
 """
 
 from __future__ import annotations
@@ -105,10 +108,44 @@ def mixture_counts(sizes: list[int], weights: list[float], *, mix_strategy: str 
     return counts
 
 
-def resample(examples: list[PreferenceExample], count: int, rng: random.Random) -> list[PreferenceExample]:
+def resample(examples: list, count: int, rng: random.Random) -> list:
     """`count` examples: whole copies of the list as often as they fit, then a sample without repetition."""
     copies, rest = divmod(count, len(examples))
     return examples * copies + rng.sample(examples, rest)
+
+
+def mixture_order(
+    sizes: list[int], weights: list[float], *, seed: int, mix_strategy: str = "sum"
+) -> list[int]:
+    """The weighted mixture of sources of `sizes` examples, as positions in their concatenation
+    (source i's example j is at `sum(sizes[:i]) + j`): each source `resample`d to its
+    `mixture_counts`, one after the other, then shuffled with `seed`. The draws depend only on the
+    sizes, so the engine (`dpolab.data.sources`) and `load_sources` pick the same examples in the
+    same order."""
+    counts = mixture_counts(sizes, weights, mix_strategy=mix_strategy)
+    rng = random.Random(seed)
+    order: list[int] = []
+    offset = 0
+    for size, count in zip(sizes, counts):
+        order += [offset + j for j in resample(list(range(size)), count, rng)]
+        offset += size
+    rng.shuffle(order)
+    return order
+
+
+def check_specs(specs: list[dict[str, Any]] | dict[str, Any] | str) -> list[dict[str, Any]]:
+    """The specs of one source or a mixture, checked (`check_spec`), with weights given to every
+    source or to none."""
+    if isinstance(specs, (dict, str)):
+        specs = [specs]
+    if not specs:
+        raise DpolabError("no data sources given")
+    specs = [check_spec(spec, i) for i, spec in enumerate(specs)]
+    weighted = [spec["weight"] is not None for spec in specs]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(spec["path"] for spec in specs if spec["weight"] is None)
+        raise DpolabError(f"give a weight to every data source or to none; no weight for: {missing}")
+    return specs
 
 
 def load_sources(
@@ -133,16 +170,7 @@ def load_sources(
     Without weights the result is the sources' examples concatenated in order (not shuffled); with
     weights it is the mixture, shuffled with `seed`. Each example keeps its source row number.
     """
-    if isinstance(specs, (dict, str)):
-        specs = [specs]
-    if not specs:
-        raise DpolabError("no data sources given")
-    specs = [check_spec(spec, i) for i, spec in enumerate(specs)]
-    weighted = [spec["weight"] is not None for spec in specs]
-    if any(weighted) and not all(weighted):
-        missing = ", ".join(spec["path"] for spec in specs if spec["weight"] is None)
-        raise DpolabError(f"give a weight to every data source or to none; no weight for: {missing}")
-
+    specs = check_specs(specs)
     per_source: list[list[PreferenceExample]] = []
     reports: list[BadRowReport] = []
     for spec in specs:
@@ -161,14 +189,8 @@ def load_sources(
         per_source.append(examples)
         reports.append(report)
 
-    if not all(weighted):
-        return [example for examples in per_source for example in examples], reports
-    counts = mixture_counts(
-        [len(e) for e in per_source], [spec["weight"] for spec in specs], mix_strategy=mix_strategy
-    )
-    rng = random.Random(seed)
-    mixture = [
-        example for examples, count in zip(per_source, counts) for example in resample(examples, count, rng)
-    ]
-    rng.shuffle(mixture)
-    return mixture, reports
+    every = [example for examples in per_source for example in examples]
+    if specs[0]["weight"] is None:
+        return every, reports
+    sizes, weights = [len(e) for e in per_source], [spec["weight"] for spec in specs]
+    return [every[i] for i in mixture_order(sizes, weights, seed=seed, mix_strategy=mix_strategy)], reports

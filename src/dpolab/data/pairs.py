@@ -126,7 +126,14 @@ def load_pairs(
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
-        if not policy.report.skipped:
-            raise DpolabError(f"{source}: has no rows")
-        raise DpolabError(f"{source}: no usable preference pairs ({policy.report.summary()})")
+        raise no_pairs_error(policy.report)
     return examples, policy.report
+
+
+def no_pairs_error(report: BadRowReport, builder: str | None = None) -> DpolabError:
+    """The error for a source that gave no pair at all, with the rows it lost."""
+    if builder:
+        return DpolabError(f"{report.source}: the {builder} builder made no pairs ({report.summary()})")
+    if not report.skipped:
+        return DpolabError(f"{report.source}: has no rows")
+    return DpolabError(f"{report.source}: no usable preference pairs ({report.summary()})")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from dpolab.data.formats import PreferenceExample, Text
 
@@ -22,45 +24,10 @@ _WORDS = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
 
 def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
     """Edit distance (insertions, deletions, substitutions, each costing 1) between two sequences of
-    tokens or two strings (character level).
-
-    Bit-parallel (Myers 1999, in Hyyrö's 2001 formulation): each column of the dynamic-programming
-    table is two bit vectors held in Python integers, so the cost is O(len(b)) big-integer steps
-    instead of O(len(a)·len(b)) cell updates. It equals `naive_levenshtein` (tested against it).
-    The common prefix and suffix are stripped first; they never change the distance.
-    """
-    start = 0
-    while start < len(a) and start < len(b) and a[start] == b[start]:
-        start += 1
-    end_a, end_b = len(a), len(b)
-    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
-        end_a -= 1
-        end_b -= 1
-    a, b = a[start:end_a], b[start:end_b]
-    m = len(a)
-    if m == 0 or len(b) == 0:
-        return max(m, len(b))
-    peq: dict[Hashable, int] = {}  # token -> bit mask of its positions in a
-    for i, token in enumerate(a):
-        peq[token] = peq.get(token, 0) | (1 << i)
-    full = (1 << m) - 1
-    last = 1 << (m - 1)
-    pv, mv, score = full, 0, m  # vertical +1 / -1 deltas of the current column; D[m][j]
-    for token in b:
-        eq = peq.get(token, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | ~(xh | pv)
-        mh = pv & xh
-        if ph & last:
-            score += 1
-        elif mh & last:
-            score -= 1
-        ph = ((ph << 1) | 1) & full  # | 1: row 0 of the table grows by one per column (global distance)
-        mh = (mh << 1) & full
-        pv = mh | (~(xv | ph) & full)
-        mv = ph & xv
-    return score
+    tokens or two strings (character level): rapidfuzz's bit-parallel Levenshtein (Hyyrö 2003), in
+    C++; a sequence of hashable items is compared item by item. It equals `naive_levenshtein`
+    (tested against it)."""
+    return Levenshtein.distance(a, b)
 
 
 def naive_levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
@@ -111,16 +78,41 @@ def pair_edit_distance(example: PreferenceExample, tokenizer=None, *, level: str
     """Normalised edit distance between the pair's chosen and rejected completions: over the
     tokenizer's tokens when one is given, else over words (`level="token"`) or characters
     (`level="char"`)."""
+    (measures,) = pair_measures([example], tokenizer, level=level)
+    return measures[3]
+
+
+def pair_measures(
+    examples: Sequence[PreferenceExample], tokenizer=None, *, level: str = "token"
+) -> list[tuple[int, int, int, float]]:
+    """(prompt, chosen, rejected length, normalised edit distance of the completions) of each pair.
+
+    Lengths are in tokens when a tokenizer is given (as the trainer tokenises: BOS in the prompt,
+    EOS or the template's end-of-turn in the completions; all pairs tokenised together), else in
+    characters. The edit distance is over the tokenizer's tokens, or words without one;
+    `level="char"` makes it over characters."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
-    if level == "char":
-        return normalised_edit_distance(text_of(example.chosen), text_of(example.rejected))
+    out = []
     if tokenizer is not None:
-        *_, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
-        return normalised_edit_distance(chosen_ids, rejected_ids)
-    return normalised_edit_distance(
-        word_tokens(text_of(example.chosen)), word_tokens(text_of(example.rejected))
-    )
+        from dpolab.data.tokenize import prompt_completion_ids
+
+        split = prompt_completion_ids(tokenizer, [(e.prompt, [e.chosen, e.rejected]) for e in examples])
+        for example, (prompt_ids, (chosen_ids, rejected_ids)) in zip(examples, split):
+            if level == "token":
+                distance = normalised_edit_distance(chosen_ids, rejected_ids)
+            else:
+                distance = normalised_edit_distance(text_of(example.chosen), text_of(example.rejected))
+            out.append((len(prompt_ids), len(chosen_ids), len(rejected_ids), distance))
+        return out
+    for example in examples:
+        chosen, rejected = text_of(example.chosen), text_of(example.rejected)
+        if level == "char":
+            distance = normalised_edit_distance(chosen, rejected)
+        else:
+            distance = normalised_edit_distance(word_tokens(chosen), word_tokens(rejected))
+        out.append((len(text_of(example.prompt)), len(chosen), len(rejected), distance))
+    return out
 
 
 def percentiles(values: Sequence[float], qs: Sequence[int] = PERCENTILES) -> dict[str, float]:
@@ -149,49 +141,110 @@ def histogram(
 def dataset_stats(
     examples: Sequence[PreferenceExample], *, tokenizer=None, bins: int = 10, level: str = "token"
 ) -> dict[str, Any]:
-    """Rows, length percentiles and the normalised edit distance distribution of a list of pairs.
+    """Rows, length percentiles and the normalised edit distance distribution of a list of pairs
+    (`pair_measures` says in which units)."""
+    measures = np.asarray(pair_measures(examples, tokenizer, level=level), dtype=float).reshape(-1, 4)
+    return summarise(measures, tokenized=tokenizer is not None, bins=bins, level=level)
 
-    Lengths are in tokens when a tokenizer is given (as the trainer tokenises: BOS in the prompt,
-    EOS or the template's end-of-turn in the completions), else in characters. The edit distance
-    is over the tokenizer's tokens, or words without one; `level="char"` makes it over characters.
-    """
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
-    prompt_lengths, chosen_lengths, rejected_lengths, distances = [], [], [], []
-    for example in examples:
-        if tokenizer is not None:
-            p, c, r, chosen_ids, rejected_ids = pair_token_lengths(example, tokenizer)
-            distances.append(
-                normalised_edit_distance(chosen_ids, rejected_ids)
-                if level == "token"
-                else pair_edit_distance(example, level="char")
-            )
-        else:
-            p, c, r = (len(text_of(t)) for t in (example.prompt, example.chosen, example.rejected))
-            distances.append(pair_edit_distance(example, level=level))
-        prompt_lengths.append(p)
-        chosen_lengths.append(c)
-        rejected_lengths.append(r)
+
+def summarise(
+    measures: np.ndarray, *, tokenized: bool, bins: int = 10, level: str = "token"
+) -> dict[str, Any]:
+    """The statistics of `(pairs, 4)` measures (`pair_measures`' columns)."""
+    prompt, chosen, rejected, distances = (measures[:, i] for i in range(4))
+    some = len(distances) > 0
     return {
-        "rows": len(examples),
-        "unit": "tokens" if tokenizer is not None else "characters",
+        "rows": len(measures),
+        "unit": "tokens" if tokenized else "characters",
         "edit_distance_unit": "characters"
         if level == "char"
         else "tokenizer tokens"
-        if tokenizer is not None
+        if tokenized
         else "words and punctuation",
-        "prompt_length": percentiles(prompt_lengths),
-        "chosen_length": percentiles(chosen_lengths),
-        "rejected_length": percentiles(rejected_lengths),
-        "completion_length": percentiles(chosen_lengths + rejected_lengths),
+        "prompt_length": percentiles(prompt),
+        "chosen_length": percentiles(chosen),
+        "rejected_length": percentiles(rejected),
+        "completion_length": percentiles(np.concatenate([chosen, rejected])),
         "edit_distance": {
-            "mean": float(np.mean(distances)) if distances else float("nan"),
-            "median": float(np.median(distances)) if distances else float("nan"),
-            "min": float(min(distances)) if distances else float("nan"),
-            "max": float(max(distances)) if distances else float("nan"),
+            "mean": float(np.mean(distances)) if some else float("nan"),
+            "median": float(np.median(distances)) if some else float("nan"),
+            "min": float(np.min(distances)) if some else float("nan"),
+            "max": float(np.max(distances)) if some else float("nan"),
             "histogram": histogram(distances, bins=bins),
         },
     }
+
+
+MEASURES = ("prompt_length", "chosen_length", "rejected_length", "distance")
+
+
+def measures_batch(batch: dict[str, list], *, tokenizer, level: str) -> dict[str, list]:
+    """`pair_measures` of a batch of the examples table (`dpolab.data.rows.EXAMPLES`), for `datasets.map`."""
+    import json
+
+    examples = [
+        PreferenceExample(json.loads(p), json.loads(c), json.loads(r))
+        for p, c, r in zip(batch["prompt"], batch["chosen"], batch["rejected"])
+    ]
+    columns = list(zip(*pair_measures(examples, tokenizer, level=level))) or [[]] * 4
+    return dict(zip(MEASURES, map(list, columns)))
+
+
+def source_stats(
+    source: str,
+    *,
+    split: str | None = None,
+    fmt: str = "auto",
+    on_bad_rows: str = "error",
+    tokenizer=None,
+    bins: int = 10,
+    level: str = "token",
+    num_proc: int | None = None,
+    skip_hint: str | None = None,
+    work: Path | None = None,
+):
+    """`dataset_stats` of a preference file or hub id, read and measured on Arrow tables in
+    `num_proc` processes (`dpolab.data.sources`); returns (stats, the bad-row report). The
+    tables go to a temporary folder in `work` (default: the data cache's folder), removed after."""
+    import functools
+    import tempfile
+
+    import datasets
+
+    from dpolab.data import rows
+    from dpolab.data.cache import default_cache_dir
+    from dpolab.data.pairs import CONFIG_SKIP_HINT
+    from dpolab.data.sources import read_source
+
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    work = Path(work) if work is not None else default_cache_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".stats-", dir=work) as folder:
+        spec = {"path": source, "split": split, "builder": None}
+        examples = read_source(
+            spec,
+            fmt=fmt,
+            on_bad_rows=on_bad_rows,
+            seed=0,
+            work=Path(folder) / "source",
+            num_proc=num_proc,
+            skip_hint=skip_hint or CONFIG_SKIP_HINT,
+        )
+        features = datasets.Features(
+            {k: datasets.Value("int64") for k in MEASURES[:3]} | {"distance": datasets.Value("float64")}
+        )
+        measured = rows.map_batches(
+            examples.table.select(examples.positions).select_columns(["prompt", "chosen", "rejected"]),
+            functools.partial(measures_batch, tokenizer=tokenizer, level=level),
+            features=features,
+            path=Path(folder) / "measures.arrow",
+            num_proc=num_proc,
+            desc="measuring",
+            batch_size=rows.TOKENISE_BATCH if tokenizer is not None else rows.BATCH,
+        )
+        measures = np.stack([rows.column(measured, k).astype(float) for k in MEASURES], axis=1)
+    return summarise(measures, tokenized=tokenizer is not None, bins=bins, level=level), examples.report
 
 
 def format_stats(stats: dict[str, Any], *, source: str = "", width: int = 40) -> str:

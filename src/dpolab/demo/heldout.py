@@ -7,8 +7,9 @@ loss on their pre-training validation text, SlimPajama).
   same weights, before and after preference training, on the same tokens.)
 - The tiny model: its vocabulary holds only the task's words and digits, so English text is
   nothing but unknown tokens to it. What it learned before preference training (its
-  "pre-training") is SFT on the task's solved problems; the held-out version of that text is the
-  test problems with their correct solutions, which no training stage saw.
+  "pre-training") is SFT on the task's solved problems, the solutions given the problems (SFT
+  scores the completion only); the held-out version of that text is the correct solutions of the
+  test problems, which no training stage saw, each scored given its problem.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def stdlib_docstrings(modules: Sequence[str] = STDLIB_MODULES) -> list[str]:
     return documents
 
 
-def task_texts(problems: Sequence[dict]) -> list[str]:
-    """The held-out problems as the tiny model learned the task in SFT: prompt, then the correct
-    solution."""
-    return [p["prompt"] + p["chosen"] for p in problems]
+def task_texts(problems: Sequence[dict]) -> list[tuple[str, str]]:
+    """The held-out problems as the tiny model learned the task in SFT: (problem, correct solution),
+    the solution the text that is scored."""
+    return [(p["prompt"], p["chosen"]) for p in problems]

@@ -164,6 +164,7 @@ def checkpointed(settings: DemoSettings) -> dict[str, Any]:
         "eval_steps": every,
         "save_strategy": "steps",
         "save_steps": every,
+        "save_total_limit": None,  # every checkpoint kept: each is evaluated (the default keeps 2)
         "save_only_model": True,
     }
 

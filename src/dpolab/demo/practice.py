@@ -37,46 +37,58 @@ PAPER_EARLY_STOPPING = (
     "concurrently with eval rewards/accuracies, where the model is best"
 )
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+Request = tuple[list[int], list[int]]  # (context token ids, the token ids scored after it)
 
 
-def heldout(data: dict[str, Path], settings: DemoSettings) -> tuple[list[str], str]:
-    """(documents, what they are) of the held-out text forgetting is measured on."""
+def heldout(data: dict[str, Path], settings: DemoSettings, tokenizer) -> tuple[list[Request], str]:
+    """(requests, what they are) of the held-out text forgetting is measured on: each request a
+    `(context ids, scored ids)` pair, `settings.forgetting_tokens` scored tokens in all."""
     from dpolab.demo.heldout import STDLIB_MODULES, stdlib_docstrings, task_texts
+    from dpolab.evaluation.forgetting import chunk, token_stream
 
     if settings.chat:
         version = ".".join(map(str, sys.version_info[:2]))
-        return stdlib_docstrings(), (
-            f"docstrings of the Python {version} standard library ({', '.join(STDLIB_MODULES)})"
+        ids = token_stream(tokenizer, stdlib_docstrings())[: settings.forgetting_tokens]
+        chunks = chunk(ids, settings.forgetting_context)
+        return [(c[:1], c[1:]) for c in chunks], (
+            f"docstrings of the Python {version} standard library ({', '.join(STDLIB_MODULES)}), "
+            f"in chunks of {settings.forgetting_context} tokens"
         )
+    from dpolab.data.formats import PreferenceExample
     from dpolab.data.io import read_rows
+    from dpolab.data.tokenize import tokenize_sft
 
     problems = [row.record for row in read_rows(data["test.problems"])]
-    return task_texts(problems), (
-        "the test problems with their correct solutions (no training stage saw them; the tiny model's "
-        "vocabulary holds only the task's words, so the task's own held-out text is what it can be "
-        "measured on, and SFT on the task is its pre-training)"
+    requests, scored = [], 0
+    for prompt, solution in task_texts(problems):
+        example = PreferenceExample(prompt=prompt, chosen=solution, rejected="", row=0)
+        pair = tokenize_sft(example, tokenizer, max_length=None, max_prompt_length=None)
+        if scored + len(pair.chosen_ids) > settings.forgetting_tokens:
+            break
+        requests.append((pair.prompt_ids, pair.chosen_ids))
+        scored += len(pair.chosen_ids)
+    return requests, (
+        f"the correct solutions of {len(requests)} test problems, each given its problem, tokenised as "
+        "SFT tokenised the training problems (no training stage saw them; the tiny model's vocabulary "
+        "holds only the task's words, so the task's own held-out text is what it can be measured on, "
+        "and SFT on the task's solutions is its pre-training)"
     )
 
 
-def forgetting_by_beta(
-    models: dict[str, Path], tokenizer, documents: list[str], settings: DemoSettings
-) -> dict[str, Any]:
-    """Mean token loss of each model on the same chunks of the held-out text (its first
-    `forgetting_tokens` tokens, chunks of `forgetting_context`)."""
+def forgetting_by_beta(models: dict[str, Path], tokenizer, requests: list[Request]) -> dict[str, Any]:
+    """Mean token loss of each model on the same held-out requests' scored tokens."""
     from dpolab.demo.evaluate import load_model
-    from dpolab.evaluation.forgetting import chunk, token_loss, token_stream
-    from dpolab.evaluation.scoring import pad_id_of
+    from dpolab.evaluation.scoring import continuation_logprobs, pad_id_of
 
-    ids = token_stream(tokenizer, documents)[: settings.forgetting_tokens]
-    chunks = chunk(ids, settings.forgetting_context)
+    n = sum(len(scored) for _, scored in requests)
+    longest = max(len(context) + len(scored) for context, scored in requests)
     losses = {}
     for name, path in models.items():
-        losses[name] = token_loss(load_model(path), chunks, pad_token_id=pad_id_of(tokenizer))["loss"]
-    return {
-        "n_tokens": sum(len(c) - 1 for c in chunks),
-        "context": settings.forgetting_context,
-        "loss": losses,
-    }
+        logps = continuation_logprobs(
+            load_model(path), requests, pad_token_id=pad_id_of(tokenizer), batch_size=4, max_length=longest
+        )
+        losses[name] = -sum(logps) / n
+    return {"n_tokens": n, "loss": losses}
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -149,11 +161,11 @@ def evaluate_practice(
     from dpolab.modeling.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(run_dirs[REFERENCE]))
-    documents, source = heldout(data, settings)
+    requests, source = heldout(data, settings, tokenizer)
     models = {**({"base": base} if base is not None else {}), REFERENCE: run_dirs[REFERENCE]}
     models.update({f"beta {b}": Path(p) for b, p in swept["betas"].items()})
     log.info("forgetting: %d models on held-out text", len(models))
-    forgetting = {"text": source, **forgetting_by_beta(models, tokenizer, documents, settings)}
+    forgetting = {"text": source, **forgetting_by_beta(models, tokenizer, requests)}
     write_result(out / "eval" / "forgetting-beta.json", forgetting)
 
     run = swept["run"]
@@ -287,8 +299,8 @@ def practice_blocks(practice: dict[str, Any], plots: Path) -> list:
         blocks.append(Para(f"{finding['finding']}. {finding['text']} The study: {finding['paper']}."))
     blocks += [
         Para(
-            f"Held-out text: {forgetting['text']}; {forgetting['n_tokens']} tokens in chunks of "
-            f"{forgetting['context']}, the same tokens for every model."
+            f"Held-out text: {forgetting['text']}; {forgetting['n_tokens']} tokens scored, the same "
+            "tokens for every model."
         ),
         Table(
             ["model", "held-out loss (nats)", "change vs SFT"],

@@ -140,7 +140,7 @@ QUICK = replace(
     eval_pairs=32,
     test_problems=32,
     generation_batch=32,
-    checkpoint_every=4,
+    checkpoint_every=2,  # 4 checkpoints of 8 steps: more than the 2 a run keeps by default
     checkpoint_problems=16,
     forgetting_tokens=1024,
 )

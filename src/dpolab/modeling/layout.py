@@ -225,7 +225,7 @@ def _gap(causal_lm: nn.Module, layout: RowLayout) -> str | None:
 
     head = anatomy(causal_lm).head
     dtype, device = head.weight.dtype, head.weight.device
-    pair = _synthetic_pair(head.weight.shape[0])
+    pair = _synthetic_pair(head.out_features)
     batch = PairCollator(0, packed=layout.packed)([pair])
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     rows = "a pair row's" if layout.packed else "separate rows'"

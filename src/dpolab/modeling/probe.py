@@ -119,7 +119,8 @@ def probe_inputs(causal_lm: nn.Module) -> dict[str, torch.Tensor | bool]:
     """The probe's inputs: a row of `PROBE_TOKENS` token ids, its attention mask and no cache,
     as far as the forward takes them."""
     head = linear_head(causal_lm)
-    vocab, device = head.weight.shape[0], head.weight.device
+    # out_features, not the weight's shape: a ZeRO-3 partitioned weight is empty outside its gather
+    vocab, device = head.out_features, head.weight.device
     input_ids = (torch.arange(PROBE_TOKENS, device=device)[None] + 3) % vocab
     kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids}
     if _accepts(causal_lm, "attention_mask"):
@@ -279,7 +280,7 @@ class _Probe:
             handles.append(module.register_forward_hook(self.post))
         kwargs = probe_inputs(self.causal_lm)
         input_ids = kwargs.pop("input_ids")
-        vocab = self.head.weight.shape[0]
+        vocab = self.head.out_features  # not the weight's shape: empty under ZeRO-3 outside a gather
         try:
             with torch.no_grad(), eval_mode(runner):
                 output = runner(input_ids=input_ids, **kwargs)

@@ -58,7 +58,8 @@ def logprob_gap(model: nn.Module, examples: Sequence[dict[str, Any]], collator) 
 def self_check(model: nn.Module, examples: Sequence[dict[str, Any]], collator):
     """The collator to train with: `collator` if dpolab's log-probs of the first examples equal the
     model's own; the separate-rows collator if only that one's do; else a `DpolabError`."""
-    examples = [e for e in examples[:CHECKED_EXAMPLES]]
+    # row by row: a slice of an Arrow dataset would be a dict of columns
+    examples = [examples[i] for i in range(min(len(examples), CHECKED_EXAMPLES))]
     if not examples:
         return collator
     parts = anatomy(model)

@@ -3,6 +3,8 @@ stage's defaults and early stopping."""
 
 from __future__ import annotations
 
+import os
+
 from dpolab.config.schema import TRAINING_DEFAULTS, RunConfig
 from dpolab.errors import DpolabError
 from dpolab.objectives.metrics import lower_is_better
@@ -17,6 +19,7 @@ def training_arguments(config: RunConfig, stage, *, has_eval: bool):
 
     values = {**TRAINING_DEFAULTS, **stage.training_defaults, **config.training}
     values.pop("resume_from_checkpoint", None)
+    values.update(_deepspeed_mixed_precision(config.training))
     values["remove_unused_columns"] = False
     if config.data.pack_tokens is not None:  # packed rows waste least on pairs of similar length
         values.setdefault("train_sampling_strategy", "group_by_length")
@@ -114,3 +117,22 @@ def settings_lines(args, config: RunConfig, stage, *, has_eval: bool) -> list[st
         origin += "; early stopping saves at each evaluation"
     lines.append(f"checkpoints: {when} in {args.output_dir}/checkpoint-N, {kept} ({origin})")
     return lines
+
+
+def _deepspeed_mixed_precision(training: dict) -> dict:
+    """Under `accelerate launch` with DeepSpeed, the accelerate config's `mixed_precision` becomes
+    the DeepSpeed config's `bf16` / `fp16`, which transformers then requires `training.bf16` /
+    `fp16` to match (it stops with a traceback otherwise): follow the launcher where the training
+    section says nothing, and say so in one line where it says otherwise."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true", "yes"):
+        return {}
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    wanted = {"bf16": launcher == "bf16", "fp16": launcher == "fp16"}
+    for key, on in wanted.items():
+        if key in training and bool(training[key]) != on:
+            raise DpolabError(
+                f"training.{key} is {str(bool(training[key])).lower()} but the accelerate config's "
+                f"mixed_precision is {launcher!r}, which DeepSpeed follows: write training.{key}="
+                f"{str(on).lower()}, or change mixed_precision in the accelerate config"
+            )
+    return {key: on for key, on in wanted.items() if key not in training and on}

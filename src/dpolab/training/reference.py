@@ -8,16 +8,20 @@ All three give `logps(batch) -> (len(layers), 2B)` summed log-probs in the order
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from dpolab.modeling.anatomy import eval_mode
+from dpolab.modeling.anatomy import anatomy, eval_mode
 from dpolab.modeling.collate import batch_targets
 from dpolab.modeling.logprobs import layer_logprobs
 from dpolab.objectives.sequences import sequence_logps
+
+log = logging.getLogger("dpolab")
 
 
 class ModelReference:
@@ -44,8 +48,21 @@ class ModelReference:
         self.model.to(device)
         return self
 
+    def _follow_policy_dtype(self, policy: nn.Module | None) -> None:
+        """DeepSpeed with bf16 (or fp16) turns the policy's weights into that dtype when training
+        starts; the frozen copy follows, or its log-probs would be rounded otherwise than the
+        policy's (and the first step's margins would not be 0). Both load in `model.dtype`, so
+        nothing else changes a dtype here."""
+        if policy is None or policy is self.model:
+            return
+        dtype = anatomy(policy).head.weight.dtype
+        if dtype.is_floating_point and anatomy(self.model).head.weight.dtype != dtype:
+            log.info("reference: the frozen copy cast to %s, as the policy's weights are", dtype)
+            self.model.to(dtype)
+
     @torch.no_grad()
     def logps(self, batch: dict[str, Any], policy: nn.Module | None = None) -> torch.Tensor:
+        self._follow_policy_dtype(policy)
         out = layer_logprobs(
             self.model,
             batch,
@@ -99,6 +116,17 @@ class AdapterDisabledReference:
                 targets=batch_targets(batch),
             )
         return sequence_logps(out, self.ld_alpha)
+
+
+def mixed_precision_autocast(mixed_precision: str, device_type: str):
+    """The autocast accelerate runs the policy's forward under for `mixed_precision` ("no",
+    "bf16", "fp16": `TrainingArguments.mixed_precision`), for a reference computed outside the
+    Trainer (the precomputation), so that its log-probs are rounded as the policy's are."""
+    if mixed_precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if mixed_precision == "fp16":
+        return torch.autocast(device_type, dtype=torch.float16)
+    return nullcontext()
 
 
 class PrecomputedReference:

@@ -38,13 +38,17 @@ def cache_key(
     final_norm: bool,
     dtype: str,
     ld_alpha: float | None = None,
+    autocast: str | None = None,
 ) -> str:
-    """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype, and
-    LD-DPO's α (None, the plain sums, keeps the key of a cache written before it existed)."""
+    """A hash of everything the reference log-probs depend on: weights, tokens, layers, dtype, the
+    mixed precision they were computed under (`autocast`: "bf16", "fp16"), and LD-DPO's α (None,
+    the plain sums, and no autocast keep the key of a cache written before these existed)."""
     digest = hashlib.sha256()
     settings = {"model": model, "layers": list(layers), "final_norm": final_norm, "dtype": dtype}
     if ld_alpha is not None:
         settings["ld_alpha"] = ld_alpha
+    if autocast is not None:
+        settings["autocast"] = autocast
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for pair in pairs:
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):

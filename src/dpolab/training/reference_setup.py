@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dpolab.config.schema import RunConfig
+from dpolab.data.rows import RowList
 from dpolab.errors import DpolabError
 from dpolab.modeling.fingerprint import model_fingerprint, weights_fingerprint
 from dpolab.training.policy import GivenModels, freeze, load_frozen_reference
@@ -16,6 +17,7 @@ from dpolab.training.reference import (
     ModelReference,
     PrecomputedReference,
     eval_mode,
+    mixed_precision_autocast,
 )
 from dpolab.training.reference_cache import (
     cache_key,
@@ -101,8 +103,8 @@ def _frozen_reference(config: RunConfig, given: GivenModels):
 def build_reference(
     config: RunConfig, policy, objective, prepared, collator, args, given: GivenModels | None = None
 ):
-    """The reference the trainer will use; with `reference.precompute`, first adds `ref_logps`
-    to every train/eval pair (from the cache when it holds them) and frees the reference model.
+    """The reference the trainer will use; with `reference.precompute`, first adds a `ref_logps`
+    column to the train/eval pairs (from the cache when it holds them) and frees the reference model.
     When the reference is the policy's starting weights (no `ref_name_or_path`, no given
     reference), the policy itself computes them before training starts: no second copy is loaded."""
     given = given or GivenModels()
@@ -131,11 +133,15 @@ def build_reference(
         fingerprint = weights_fingerprint(policy)  # its starting weights: no step taken yet
     else:
         fingerprint = model_fingerprint(ref_path)
+    # computed under the autocast the policy's forward will run under (training.bf16 / fp16)
+    precision = getattr(args, "mixed_precision", "no") or "no"
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else default_cache_dir()
     batch_size = config.reference.batch_size or args.per_device_eval_batch_size
-    for pairs in (prepared.train, prepared.eval):
-        if not pairs:
+    for part in ("train", "eval"):
+        dataset = getattr(prepared, part)
+        if not dataset:
             continue
+        pairs = RowList(dataset)  # the rows as dicts, as the collator receives them
         key = cache_key(
             model=fingerprint,
             pairs=pairs,
@@ -143,6 +149,7 @@ def build_reference(
             final_norm=final_norm,
             dtype=section.dtype,
             ld_alpha=objective.ld_alpha,
+            autocast=None if precision == "no" else precision,
         )
 
         def compute(pairs=pairs):
@@ -161,7 +168,8 @@ def build_reference(
                 policy.to(args.device)
             else:
                 reference.to(args.device)
-            with eval_mode(policy):  # no dropout in the reference's log-probs
+            # no dropout in the reference's log-probs; the policy's mixed precision
+            with eval_mode(policy), mixed_precision_autocast(precision, args.device.type):
                 values = compute_reference_logps(
                     reference, pairs, collator, batch_size=batch_size, device=args.device, policy=owner
                 )
@@ -175,7 +183,6 @@ def build_reference(
             raise RuntimeError(
                 f"cached reference log-probs hold {values.shape[0]} pairs, expected {len(pairs)}"
             )
-        for pair, row in zip(pairs, values.tolist()):
-            pair["ref_logps"] = row
+        setattr(prepared, part, dataset.add_column("ref_logps", values.tolist()))
     log.info("reference: log-probs precomputed for %d layers; no reference model in memory", len(layers))
     return PrecomputedReference()

@@ -77,6 +77,7 @@ def _log_data(prepared: PreparedData, output_dir: Path, first_process: bool) -> 
 def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | None = None) -> PreparedRun:
     """Check and load everything the run needs, models last. `given`: models and tokenizer passed
     in as objects (`dpolab.PreferenceTrainer`), used instead of loading what the config names."""
+    from dpolab.config.validate import has_eval_data
     from dpolab.modeling.anatomy import check_supported, num_layers_of
     from dpolab.modeling.loading import (
         adapter_base,
@@ -121,10 +122,18 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
         check_supported(reference_config)
     check_vocabulary(config, tokenizer, policy_config, reference_config)
     seed = int(config.training.get("seed", 42))
-    data = prepare_data(
-        config.data, tokenizer, tokenize=stage.tokenize, seed=seed, data_seed=config.training.get("data_seed")
-    )
-    args = training_arguments(config, stage, has_eval=data.eval is not None)
+    args = training_arguments(config, stage, has_eval=has_eval_data(config))
+    # the main process of each machine prepares the data (or reads the cache); the others wait for
+    # it and read what it cached: no process tokenises on its own
+    with args.main_process_first(local=True, desc="data preparation"):
+        data = prepare_data(
+            config.data,
+            tokenizer,
+            tokenize=stage.tokenize,
+            seed=seed,
+            data_seed=config.training.get("data_seed"),
+            build=args.local_process_index == 0,
+        )
     for line in settings_lines(args, config, stage, has_eval=data.eval is not None):
         log.info("%s", line)
     _check_flex_attention(config, given, policy_config, args.device)
@@ -241,7 +250,6 @@ def _check_model(config: RunConfig, stage: Stage, policy, objective, tokenizer, 
 def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
     """The Trainer of a prepared run, with dpolab's callbacks (metrics.jsonl, the progress bar, the
     stop at a non-finite loss, early stopping) and any given."""
-    import datasets
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import ProgressCallback
 
@@ -252,8 +260,8 @@ def build_trainer(prepared: PreparedRun, callbacks: tuple = ()):
     trainer = DpolabTrainer(
         model=prepared.policy,
         args=prepared.args,
-        train_dataset=datasets.Dataset.from_list(data.train),
-        eval_dataset=datasets.Dataset.from_list(data.eval) if data.eval is not None else None,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         data_collator=prepared.collator,
         processing_class=prepared.tokenizer,
         objective=prepared.objective,

@@ -122,7 +122,13 @@ class DpolabTrainer(Trainer):
             log_sum_sq=self.objective.use_weighting,
             router_aux=bool(self.aux_loss_coef),
         )
-        reference = self.reference.logps(inputs, model) if self.reference is not None else None
+        reference = None
+        if self.reference is not None:
+            # accelerate runs the policy's forward under autocast (training.bf16 / fp16), not a
+            # separate reference model's: the reference must round as the policy does, or their
+            # log-probs differ at the first step, where they should be equal
+            with self.accelerator.autocast():
+                reference = self.reference.logps(inputs, model)
         out = self.objective(policy, reference)
         return with_aux_loss(out, policy.aux_loss, self.aux_loss_coef) if self.aux_loss_coef else out
 
