@@ -207,7 +207,11 @@ def _packing_collator(config: RunConfig, stage: Stage, layout, objective, tokeni
         )
     collator = stage.collator(tokenizer, objective, packed=layout.packed, pack_tokens=pack_tokens)
     if pack_tokens is not None:
-        longer = [n for n in map(collator.length, train) if n > pack_tokens]
+        # the prepared tables' `length` column is each example's prompt + completions: what a
+        # packed row gives it (dpolab.data.rows); a list of examples is measured one by one
+        columns = getattr(train, "column_names", ())
+        lengths = train["length"] if "length" in columns else map(collator.length, train)
+        longer = [n for n in lengths if n > pack_tokens]
         if longer:
             log.warning(
                 "data.pack_tokens %d: %d of %d training examples are longer (up to %d tokens); each goes "
