@@ -46,7 +46,7 @@ RULES = {
         Rule(
             "attn_implementation",
             "model.attn_implementation",
-            "sdpa or eager: dpolab packs each pair with a 4-D mask",
+            "sdpa, eager or flex_attention: dpolab packs each pair with a 4-D mask",
         ),
         Rule("trust_remote_code", "model.trust_remote_code"),
         Rule("use_peft", "model.lora", "with TRL's LoRA defaults: r 16, alpha 32, dropout 0.05"),
@@ -73,7 +73,12 @@ RULES = {
         Rule("dataset_num_proc", None, "dpolab prepares the data itself", same_as=None),
         Rule("max_length", "data.max_length"),
         Rule("truncation_mode", None, "dpolab keeps the start of a completion", same_as="keep_start"),
-        Rule("padding_free", None, "dpolab packs a pair's chosen and rejected in one row", same_as=False),
+        Rule(
+            "padding_free",
+            None,
+            "dpolab packs a pair's chosen and rejected in one row; several pairs a row with data.pack_tokens",
+            same_as=False,
+        ),
         Rule("pad_to_multiple_of", None, "dpolab pads to the longest row", same_as="auto"),
         Rule("precompute_ref_log_probs", "reference.precompute"),
         Rule("precompute_ref_batch_size", "reference.batch_size"),
@@ -184,10 +189,14 @@ def _model(values: dict[str, Any], out: Conversion) -> None:
     elif dtype is not None:
         out.drop("dtype", dtype, "dpolab loads float32 or bfloat16 (model.dtype)")
     attention = values.get("attn_implementation")
-    if attention in ("sdpa", "eager"):
+    if attention in ("sdpa", "eager", "flex_attention"):
         out.set("model.attn_implementation", attention, "attn_implementation")
     elif attention is not None:
-        out.drop("attn_implementation", attention, "dpolab packs each pair with a 4-D mask: sdpa or eager")
+        out.drop(
+            "attn_implementation",
+            attention,
+            "dpolab packs each pair with a 4-D mask: sdpa, eager or flex_attention",
+        )
     if values.get("use_peft"):
         targets = values.get("lora_target_modules")
         lora = {

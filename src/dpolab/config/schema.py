@@ -28,8 +28,10 @@ class ModelSection:
     tokenizer_name_or_path: str | None = None  # default: name_or_path
     dtype: str = "float32"  # float32 | bfloat16
     trust_remote_code: bool = False  # run the model's own code from the hub (transformers' flag)
-    # auto | sdpa | eager: auto takes the model's default, else sdpa, else eager, the first under
-    # which a pair fits one row (docs/models.md); a model that cannot gets separate rows either way
+    # auto | sdpa | eager | flex_attention: auto takes the model's default, else sdpa, else eager,
+    # the first under which a pair fits one row (docs/models.md); a model that cannot gets separate
+    # rows either way. flex_attention (FlexAttention, a fused kernel with a block mask; trains on a
+    # GPU only) is never picked by auto: name it (docs/performance.md)
     attn_implementation: str = "auto"
     # mixture-of-experts models: the weight of the router's load-balancing loss added to the loss,
     # logged as aux_loss (default: the model config's router_aux_loss_coef; 0 turns it off)
@@ -58,6 +60,11 @@ class DataSection:
     max_length: int | None = 1024  # prompt + completion tokens
     max_prompt_length: int | None = 512  # the prompt keeps its last tokens
     on_bad_rows: str = "error"  # error | skip
+    # padding-free packing: several pairs (SFT: sequences) share a row, up to this many tokens, each
+    # masked from the others with positions restarting; batches then group pairs of similar length
+    # (training.train_sampling_strategy group_by_length unless set). null: one pair a row
+    # (docs/performance.md)
+    pack_tokens: int | None = None
     limit: int | None = None  # train on the first N usable pairs only (of the mixture, for several sources)
     num_proc: int | None = None  # processes preparing the data (default: the CPUs available, at most 8)
     cache_dir: str | None = (
@@ -138,7 +145,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "
 CHOICES = {
     "loss.f_divergence": ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.attn_implementation": ("auto", "sdpa", "eager"),
+    "model.attn_implementation": ("auto", "sdpa", "eager", "flex_attention"),
     "data.format": ("auto", "standard", "conversational", "implicit"),
     "data.on_bad_rows": ("error", "skip"),
     "data.builder": (None, "metamath", "arc", "hellaswag"),

@@ -82,6 +82,11 @@ def _check_data(config: RunConfig) -> None:
             f"data.max_prompt_length ({data.max_prompt_length}) must be below data.max_length ({data.max_length}), "
             f"or no completion token survives; lower it or raise max_length"
         )
+    if data.pack_tokens is not None and data.pack_tokens < 2:
+        raise DpolabError(
+            f"data.pack_tokens: {data.pack_tokens} is too small (the tokens of a row: a prompt and a "
+            f"completion take two at least); null turns packing off"
+        )
     if data.columns is not None:
         check_columns(data.columns)
     if data.eval and data.eval_size is not None:

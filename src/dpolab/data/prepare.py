@@ -40,7 +40,8 @@ log = logging.getLogger("dpolab")
 
 Tokenize = Callable[..., TokenizedPair]
 # data settings that change how the pairs are prepared, not what they are: not in the cache key
-NOT_IN_KEY = ("num_proc", "cache_dir")
+# (pack_tokens: how the collator lays prepared pairs out in rows)
+NOT_IN_KEY = ("num_proc", "cache_dir", "pack_tokens")
 
 
 @dataclass

@@ -24,6 +24,17 @@ sequence numbering are the same, so nothing downstream knows which layout it got
     input_ids       1 2 3 4 5        attention_mask  1 1 1 1 1
                     1 2 3 6 0                        1 1 1 1 0
     scored          4 at position 2, 5 at 3 (sequence 0); 6 at position 5 + 2 (sequence 1)
+
+With `pack_tokens` (`data.pack_tokens`), several pairs share a row, up to that many tokens
+(`dpolab.modeling.packing.pack_rows`); pair k of a row takes segments 3k+1 (prompt), 3k+2, 3k+3
+and its positions restart at 0, so the mask keeps it to itself. Prompt [1 2 3] chosen [4 5]
+rejected [6], then prompt [7] chosen [8] rejected [9], budget 9:
+
+    input_ids     1 2 3 4 5 6 7 8 9
+    segment_ids   1 1 1 2 2 3 4 5 6
+    position_ids  0 1 2 3 4 3 0 1 1
+
+The targets, their order and the sequence numbering stay those of one pair per row.
 """
 
 from __future__ import annotations
@@ -35,8 +46,13 @@ from typing import Any
 import torch
 
 from dpolab.modeling.logprobs import TokenTargets
+from dpolab.modeling.packing import pack_rows
 
 PROMPT, CHOSEN, REJECTED = 1, 2, 3
+
+
+def _width(longest: int, multiple: int | None) -> int:
+    return -(-longest // multiple) * multiple if multiple else longest
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, multiple: int | None) -> torch.Tensor:
@@ -89,13 +105,26 @@ class PairCollator:
     rejected] per layer (precomputed reference); they are stacked into `(num_layers, 2·batch)`.
     With `score_prompt`, the batch also names the prompts' own tokens (each from its second; the
     first has nothing before it) as `prompt_target_*`, for `batch_prompt_targets` (ORPO's NLL).
-    `packed` chooses the layout (`dpolab.modeling.layout.RowLayout.packed`).
+    `packed` chooses the layout (`dpolab.modeling.layout.RowLayout.packed`); `pack_tokens` puts
+    several pairs in a row, up to that many tokens (a pair longer goes in a row of its own).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     score_prompt: bool = False
     packed: bool = True
+    pack_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.pack_tokens is not None and not self.packed:
+            raise ValueError(
+                "separate chosen and rejected rows cannot be packed: pack_tokens needs packed=True"
+            )
+
+    def length(self, example: dict[str, Any]) -> int:
+        """The tokens an example takes in a row (its longer row in the separate layout)."""
+        p, c, r = (len(example[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        return p + c + r if self.packed else p + max(c, r)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self._packed(examples) if self.packed else self._separate(examples)
@@ -148,20 +177,20 @@ class PairCollator:
         return batch
 
     def _packed(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        rows, segments, positions = [], [], []
+        lengths = [self.length(e) for e in examples]
+        rows = _Rows(lengths, self.pack_tokens, self.pad_to_multiple_of, self.pad_token_id)
         t_pos, t_tok, t_seg = [], [], []
         p_pos, p_tok, p_seg = [], [], []
-        width = max(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         for b, e in enumerate(examples):
             p, c, r = list(e["prompt_ids"]), list(e["chosen_ids"]), list(e["rejected_ids"])
             _check_prompt(b, p)
             n_p, n_c = len(p), len(c)
-            rows.append(p + c + r)
-            segments.append([PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * len(r))
-            positions.append(list(range(n_p + n_c)) + list(range(n_p, n_p + len(r))))
-            base = b * width
+            base = rows.place(
+                b,
+                p + c + r,
+                segments=[PROMPT] * n_p + [CHOSEN] * n_c + [REJECTED] * len(r),
+                positions=list(range(n_p + n_c)) + list(range(n_p, n_p + len(r))),
+            )
             if self.score_prompt:  # prompt token j ≥ 1 is predicted at position j − 1
                 p_pos += [base + j - 1 for j in range(1, n_p)]
                 p_tok += p[1:]
@@ -178,9 +207,7 @@ class PairCollator:
                 t_tok.append(tok)
                 t_seg.append(2 * b + 1)
         batch: dict[str, Any] = {
-            "input_ids": _pad(rows, self.pad_token_id, self.pad_to_multiple_of)[:, :width],
-            "segment_ids": _pad(segments, 0, self.pad_to_multiple_of)[:, :width],
-            "position_ids": _pad(positions, 0, self.pad_to_multiple_of)[:, :width],
+            **rows.tensors(),
             "target_positions": torch.tensor(t_pos, dtype=torch.long),
             "target_tokens": torch.tensor(t_tok, dtype=torch.long),
             "target_segments": torch.tensor(t_seg, dtype=torch.long),
@@ -196,36 +223,96 @@ class PairCollator:
         return batch
 
 
+class _Rows:
+    """The rows of a packed batch being filled: which row and column each example takes
+    (`pack_rows`), the width (the fullest row), and the tensors written in place."""
+
+    def __init__(self, lengths: list[int], budget: int | None, multiple: int | None, pad_token_id: int):
+        self.start: dict[int, tuple[int, int, int]] = {}  # example → (row, column, its number in the row)
+        rows = pack_rows(lengths, budget)
+        for r, members in enumerate(rows):
+            column = 0
+            for k, b in enumerate(members):
+                self.start[b] = (r, column, k)
+                column += lengths[b]
+        self.width = _width(max(sum(lengths[b] for b in members) for members in rows), multiple)
+        shape = (len(rows), self.width)
+        self.input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+        self.segment_ids = torch.zeros(shape, dtype=torch.long)
+        self.position_ids = torch.zeros(shape, dtype=torch.long)
+
+    def place(self, b: int, ids: list[int], *, segments: list[int], positions: list[int]) -> int:
+        """Write example b, its segments numbered as if it were alone in the row (from 1); returns
+        the flat position of its first token (row · width + column)."""
+        row, column, k = self.start[b]
+        span = slice(column, column + len(ids))
+        self.input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
+        self.segment_ids[row, span] = torch.as_tensor(segments, dtype=torch.long) + 3 * k
+        self.position_ids[row, span] = torch.as_tensor(positions, dtype=torch.long)
+        return row * self.width + column
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "segment_ids": self.segment_ids,
+            "position_ids": self.position_ids,
+        }
+
+
 @dataclass
 class SequenceCollator:
     """Collates prompt + one completion per row (SFT, evaluation of single completions).
 
     Takes `prompt_ids` and `completion_ids` (or `chosen_ids`); sequence b is row b. Rows are
-    right-padded with a 2-D attention mask.
+    right-padded with a 2-D attention mask. With `pack_tokens`, several sequences share a row up
+    to that many tokens, as pairs do in `PairCollator`: sequence k of a row is segment 3k+2 (a
+    completion with no prompt segment: it sees itself only) and its positions restart at 0; the
+    batch then carries `segment_ids` and `position_ids` instead of an attention mask.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    pack_tokens: int | None = None
+
+    @staticmethod
+    def _completion(example: dict[str, Any]) -> list[int]:
+        return list(example["completion_ids"] if "completion_ids" in example else example["chosen_ids"])
+
+    def length(self, example: dict[str, Any]) -> int:
+        """The tokens an example takes in a row."""
+        return len(example["prompt_ids"]) + len(self._completion(example))
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         rows, t_pos, t_tok, t_seg = [], [], [], []
-        completions = [e["completion_ids"] if "completion_ids" in e else e["chosen_ids"] for e in examples]
-        width = max(len(e["prompt_ids"]) + len(c) for e, c in zip(examples, completions))
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        for b, (e, c) in enumerate(zip(examples, completions)):
-            p = list(e["prompt_ids"])
+        lengths = [self.length(e) for e in examples]
+        packed = (
+            _Rows(lengths, self.pack_tokens, self.pad_to_multiple_of, self.pad_token_id)
+            if self.pack_tokens is not None
+            else None
+        )
+        width = _width(max(lengths), self.pad_to_multiple_of)
+        for b, e in enumerate(examples):
+            p, c = list(e["prompt_ids"]), self._completion(e)
             _check_prompt(b, p)
-            rows.append(p + list(c))
-            for j, tok in enumerate(c):
-                t_pos.append(b * width + len(p) - 1 + j)
+            if packed is None:
+                base = b * width
+                rows.append(p + c)
+            else:
+                n = len(p) + len(c)
+                base = packed.place(b, p + c, segments=[CHOSEN] * n, positions=list(range(n)))
+            for j, tok in enumerate(c):  # token j is predicted at position len(p) − 1 + j
+                t_pos.append(base + len(p) - 1 + j)
                 t_tok.append(tok)
                 t_seg.append(b)
-        input_ids = _pad(rows, self.pad_token_id, self.pad_to_multiple_of)[:, :width]
-        attention_mask = _pad([[1] * len(r) for r in rows], 0, self.pad_to_multiple_of)[:, :width]
+        if packed is None:
+            inputs = {
+                "input_ids": _pad(rows, self.pad_token_id, self.pad_to_multiple_of)[:, :width],
+                "attention_mask": _pad([[1] * len(r) for r in rows], 0, self.pad_to_multiple_of)[:, :width],
+            }
+        else:
+            inputs = packed.tensors()
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            **inputs,
             "target_positions": torch.tensor(t_pos, dtype=torch.long),
             "target_tokens": torch.tensor(t_tok, dtype=torch.long),
             "target_segments": torch.tensor(t_seg, dtype=torch.long),

@@ -5,14 +5,18 @@ Two layouts (`dpolab.modeling.collate.PairCollator` builds either):
 - **packed**: one row per pair, `prompt + chosen + rejected`, the prompt computed once. The rejected
   completion restarts its positions at the prompt's end and a 4-D mask stops each completion from
   seeing the other (`dpolab.modeling.attention.segment_attention_mask`). The model must take
-  `position_ids` and a 4-D additive mask (sdpa, eager), and every layer must read that mask.
+  `position_ids` and a 4-D mask: additive under sdpa and eager, a FlexAttention `BlockMask` under
+  flex_attention (`segment_block_mask`, no `(B, T, T)` tensor); every layer must read that mask.
+  Several pairs may share a row (`data.pack_tokens`): the same mask keeps each to itself.
 - **separate**: `prompt + chosen` and `prompt + rejected` as two right-padded rows with a 2-D
   attention mask, as TRL batches them: for the models that cannot take the packed row (ALiBi,
   positions derived from the attention mask, attention without a 4-D mask, recurrent layers).
   Still completion-only through the head.
 
     choose_attention(model, requested)   at load: the attention implementation (auto: the first of
-                                         the model's default, sdpa, eager that packs pairs)
+                                         the model's default, sdpa, eager that packs pairs; never
+                                         flex_attention, which is asked for by name)
+    flex_attention_problem(config, device)  why a model cannot train under flex_attention there
     row_layout(model) -> RowLayout       a screen of the forward's signature and the config, then one
                                          synthetic pair scored packed and apart (cached per model)
     RowLayout.model_inputs(batch, dtype) the forward's inputs for a collated batch
@@ -31,10 +35,15 @@ import torch
 from torch import nn
 
 from dpolab.modeling.anatomy import anatomy, eval_mode, logprobs_agree, unwrap
-from dpolab.modeling.attention import positions_from_attention_mask, segment_attention_mask
+from dpolab.modeling.attention import (
+    positions_from_attention_mask,
+    segment_attention_mask,
+    segment_block_mask,
+)
 from dpolab.modeling.probe import own_logprobs, text_config
 
-PACKING_ATTENTION = ("sdpa", "eager")  # the implementations that take an additive 4-D mask
+# the implementations that take dpolab's 4-D mask: additive (sdpa, eager) or a BlockMask (flex)
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")
 MASKED_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -56,8 +65,9 @@ class RowLayout:
         return f"{self.model}: attention {self.attention}; {rows} ({self.reason})"
 
     def model_inputs(self, batch: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-        """`input_ids`, `attention_mask` (2-D, 4-D, or a 4-D mask per layer type) and, where the
-        forward takes them, `position_ids`, for a batch of either layout."""
+        """`input_ids`, `attention_mask` (2-D, 4-D, or a 4-D mask per layer type; a `BlockMask`
+        under flex_attention) and, where the forward takes them, `position_ids`, for a batch of
+        either layout."""
         inputs: dict[str, Any] = {"input_ids": batch["input_ids"]}
         segment_ids = batch.get("segment_ids")
         if segment_ids is not None:
@@ -72,7 +82,9 @@ class RowLayout:
             by_type = {}
             for layer_type, window in self.windows:
                 window = window if window is not None and window < width else None  # wider than the row
-                if window not in masks:
+                if window not in masks and self.attention == "flex_attention":
+                    masks[window] = segment_block_mask(segment_ids, position_ids=positions, window=window)
+                elif window not in masks:
                     masks[window] = segment_attention_mask(
                         segment_ids, dtype, position_ids=positions, window=window
                     )
@@ -93,13 +105,38 @@ class RowLayout:
 def router_token_weights(batch: dict[str, Any]) -> torch.Tensor:
     """`(B, T)` weight of each token in the router's load-balancing loss: the number of TRL's rows
     (`prompt + chosen`, `prompt + rejected`) that hold it. In a packed row a prompt token stands for
-    two, a completion token for one; in separate rows every real token for one; padding for none."""
+    two, a completion token for one (however many pairs share the row); in separate rows, and in
+    SFT's sequences, every real token for one; padding for none."""
     segment_ids = batch.get("segment_ids")
     if segment_ids is None:
         return batch["attention_mask"].float()
     real = segment_ids > 0
     prompt = real & ((segment_ids - 1).remainder(3) == 0)
     return real.float() + prompt.float()
+
+
+def flex_attention_problem(config, device: torch.device | str) -> str | None:
+    """Why a model with this config cannot train under flex_attention on `device`, or None: torch's
+    FlexAttention has no backward on a CPU, transformers has it for some model classes only, and
+    refuses attention dropout with it."""
+    import transformers
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return (
+            f"torch {torch.__version__}'s FlexAttention has no backward on a CPU: train on a GPU, or use "
+            f"model.attn_implementation sdpa"
+        )
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is not None and not getattr(model_class, "_supports_flex_attn", False):
+        return f"transformers {transformers.__version__} has no FlexAttention for {model_class.__name__}: use sdpa"
+    text = text_config(config).to_dict()
+    dropout = {k: v for k, v in text.items() if "att" in k and "drop" in k and isinstance(v, float) and v > 0}
+    if dropout:
+        key, value = next(iter(dropout.items()))
+        return f"transformers' flex_attention takes no attention dropout ({key} {value:g}): use sdpa"
+    return None
 
 
 def _takes_position_ids(causal_lm: nn.Module) -> bool:

@@ -6,7 +6,8 @@ only: `logits_to_keep`, where the model takes it).
 An unknown transformation between the blocks and the logits, or a model that cannot take the
 packed pair rows, shows up here as a gap, before a step is trained on wrong numbers: packed rows
 that disagree while separate rows agree switch the run to separate rows (said once in the log);
-separate rows that disagree stop the run with one line.
+separate rows that disagree stop the run with one line, and so do rows that pack several pairs
+(`data.pack_tokens`: the first examples share a row when the budget allows).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def self_check(model: nn.Module, examples: Sequence[dict[str, Any]], collator):
     if ok:
         log.info("self-check: dpolab's log-probs equal %s.forward()'s (largest gap %.2g)", parts.name, gap)
         return collator
-    if isinstance(collator, PairCollator) and collator.packed:
+    if isinstance(collator, PairCollator) and collator.packed and collator.pack_tokens is None:
         separate = dataclasses.replace(collator, packed=False)
         ok_apart, gap_apart = logprob_gap(model, examples, separate)
         if ok_apart:
@@ -78,6 +79,12 @@ def self_check(model: nn.Module, examples: Sequence[dict[str, Any]], collator):
             )
             return separate
         gap = gap_apart
+    if getattr(collator, "pack_tokens", None) is not None:
+        raise DpolabError(
+            f"{parts.name}: dpolab's log-probs of the first training examples, packed "
+            f"{collator.pack_tokens} tokens a row, differ from its own forward's by {gap:.3g} per "
+            f"token; remove data.pack_tokens"
+        )
     raise DpolabError(
         f"{parts.name}: dpolab's log-probs of the first training examples differ from its own "
         f"forward's by {gap:.3g} per token: it does something between its blocks and its logits that "

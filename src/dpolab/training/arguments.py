@@ -21,6 +21,8 @@ def training_arguments(config: RunConfig, stage, *, has_eval: bool):
     values.pop("resume_from_checkpoint", None)
     values.update(_deepspeed_mixed_precision(config.training))
     values["remove_unused_columns"] = False
+    if config.data.pack_tokens is not None:  # packed rows waste least on pairs of similar length
+        values.setdefault("train_sampling_strategy", "group_by_length")
     # every trainable parameter takes part in every step: spare DDP its search for unused ones
     values.setdefault("ddp_find_unused_parameters", False)
     # pinned host memory only helps copies to an accelerator; on a CPU torch warns at every loader
@@ -67,6 +69,16 @@ def settings_lines(args, config: RunConfig, stage, *, has_eval: bool) -> list[st
     """What the run's log says at start of the values that are easy to miss: the learning rate,
     when it evaluates and when it saves checkpoints, each with where it came from."""
     lines = [f"learning rate {args.learning_rate:g} ({_origin(config, stage, 'learning_rate')})"]
+    if config.data.pack_tokens is not None:
+        strategy = str(getattr(args.train_sampling_strategy, "value", args.train_sampling_strategy))
+        origin = (
+            "training.train_sampling_strategy"
+            if "train_sampling_strategy" in config.training
+            else "with data.pack_tokens; set training.train_sampling_strategy"
+        )
+        lines.append(
+            f"rows: up to {config.data.pack_tokens} tokens a row; batches drawn {strategy} ({origin})"
+        )
     strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
     if strategy == "no":
         why = "training.eval_strategy no" if has_eval else "no eval data: set data.eval or data.eval_size"

@@ -136,6 +136,7 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
         )
     for line in settings_lines(args, config, stage, has_eval=data.eval is not None):
         log.info("%s", line)
+    _check_flex_attention(config, given, policy_config, args.device)
     if needs_reference:
         check_sharding(config)  # after TrainingArguments, which set up DeepSpeed if asked
     output_dir = Path(args.output_dir)
@@ -181,6 +182,48 @@ def prepare(config: RunConfig, stage: Stage = PREFERENCE, given: GivenModels | N
     )
 
 
+def _check_flex_attention(config: RunConfig, given: GivenModels, policy_config, device) -> None:
+    """flex_attention asked for (or the given policy's) where it cannot train: one line, before
+    any weights load."""
+    from dpolab.modeling.layout import flex_attention_problem
+
+    attention = config.model.attn_implementation
+    if given.policy is not None:
+        attention = getattr(given.policy.config, "_attn_implementation", None)
+    if attention == "flex_attention":
+        problem = flex_attention_problem(policy_config, device)
+        if problem is not None:
+            raise DpolabError(f"model.attn_implementation flex_attention: {problem}")
+
+
+def _packing_collator(config: RunConfig, stage: Stage, layout, objective, tokenizer, train):
+    """The stage's collator for the model's row layout, packing `data.pack_tokens` tokens a row
+    where asked: refused for a model that cannot take packed rows; the pairs longer than a row's
+    budget (each in a row of its own) said in the log."""
+    pack_tokens = config.data.pack_tokens
+    if pack_tokens is not None and not layout.packed:
+        raise DpolabError(
+            f"data.pack_tokens: {layout.model} cannot take packed rows ({layout.reason}); remove data.pack_tokens"
+        )
+    collator = stage.collator(tokenizer, objective, packed=layout.packed, pack_tokens=pack_tokens)
+    if pack_tokens is not None:
+        # the prepared tables' `length` column is each example's prompt + completions: what a
+        # packed row gives it (dpolab.data.rows); a list of examples is measured one by one
+        columns = getattr(train, "column_names", ())
+        lengths = train["length"] if "length" in columns else map(collator.length, train)
+        longer = [n for n in lengths if n > pack_tokens]
+        if longer:
+            log.warning(
+                "data.pack_tokens %d: %d of %d training examples are longer (up to %d tokens); each goes "
+                "in a row of its own",
+                pack_tokens,
+                len(longer),
+                len(train),
+                max(longer),
+            )
+    return collator
+
+
 def _check_model(config: RunConfig, stage: Stage, policy, objective, tokenizer, data):
     """(collator, router aux-loss weight): what dpolab found in the loaded policy, said once in the
     log; intermediate layers refused where the logit lens is not defined; the row layout the
@@ -193,7 +236,7 @@ def _check_model(config: RunConfig, stage: Stage, policy, objective, tokenizer, 
     from dpolab.modeling.selfcheck import self_check
 
     layout = row_layout(policy)
-    collator = stage.collator(tokenizer, objective, packed=layout.packed)
+    collator = _packing_collator(config, stage, layout, objective, tokenizer, data.train)
     if is_deepspeed_zero3_enabled():  # weights partitioned outside DeepSpeed's engine: nothing to probe
         log.info("rows: %s", layout.describe())
         return collator, float(config.model.router_aux_loss_coef or 0.0)

@@ -63,13 +63,23 @@ class PreferenceStage:
                 )
 
     def collator(
-        self, tokenizer, objective: PreferenceObjective | None = None, *, packed: bool = True
+        self,
+        tokenizer,
+        objective: PreferenceObjective | None = None,
+        *,
+        packed: bool = True,
+        pack_tokens: int | None = None,
     ) -> PairCollator:
         """Pair rows (one per pair, or two for a model that cannot take that: `packed`,
-        dpolab.modeling.layout); with the prompts' tokens among the targets when the objective
-        scores them (ORPO)."""
+        dpolab.modeling.layout; several pairs a row up to `pack_tokens`); with the prompts' tokens
+        among the targets when the objective scores them (ORPO)."""
         score_prompt = objective is not None and objective.scores_prompt
-        return PairCollator(pad_token_id=tokenizer.pad_token_id, score_prompt=score_prompt, packed=packed)
+        return PairCollator(
+            pad_token_id=tokenizer.pad_token_id,
+            score_prompt=score_prompt,
+            packed=packed,
+            pack_tokens=pack_tokens,
+        )
 
     def needs_reference(self, config: RunConfig) -> bool:
         return needs_reference(config.loss)
@@ -109,10 +119,16 @@ class SFTStage:
         pass
 
     def collator(
-        self, tokenizer, objective: SFTObjective | None = None, *, packed: bool = True
+        self,
+        tokenizer,
+        objective: SFTObjective | None = None,
+        *,
+        packed: bool = True,
+        pack_tokens: int | None = None,
     ) -> SequenceCollator:
-        """One row per sequence, whatever the model (`packed` concerns pairs only)."""
-        return SequenceCollator(pad_token_id=tokenizer.pad_token_id)
+        """One row per sequence, whatever the model (`packed` concerns pairs only); several
+        sequences a row up to `pack_tokens` (for a model that takes pair rows)."""
+        return SequenceCollator(pad_token_id=tokenizer.pad_token_id, pack_tokens=pack_tokens)
 
     def needs_reference(self, config: RunConfig) -> bool:
         return False
