@@ -159,21 +159,24 @@ class PairCollator:
                     t_pos.append(s * width + n_p - 1 + j)
                     t_tok.append(tok)
                     t_seg.append(s)
-        batch: dict[str, Any] = {
+        batch = {
             "input_ids": _pad(rows, self.pad_token_id, self.pad_to_multiple_of)[:, :width],
             "attention_mask": _pad([[1] * len(r) for r in rows], 0, self.pad_to_multiple_of)[:, :width],
-            "target_positions": torch.tensor(t_pos, dtype=torch.long),
-            "target_tokens": torch.tensor(t_tok, dtype=torch.long),
-            "target_segments": torch.tensor(t_seg, dtype=torch.long),
-            "num_sequences": 2 * len(examples),
         }
+        return self._with_targets(batch, len(examples), (t_pos, t_tok, t_seg), (p_pos, p_tok, p_seg))
+
+    def _with_targets(self, batch: dict[str, Any], pairs: int, targets, prompt_targets) -> dict[str, Any]:
+        """`batch` with the completions' targets (positions, tokens, segments) and, when the prompt
+        is scored, the prompts'."""
+        for prefix, (positions, tokens, segments) in (("", targets), ("prompt_", prompt_targets)):
+            if prefix and not self.score_prompt:
+                break
+            batch[f"{prefix}target_positions"] = torch.tensor(positions, dtype=torch.long)
+            batch[f"{prefix}target_tokens"] = torch.tensor(tokens, dtype=torch.long)
+            batch[f"{prefix}target_segments"] = torch.tensor(segments, dtype=torch.long)
+        batch["num_sequences"] = 2 * pairs
         if self.score_prompt:
-            batch.update(
-                prompt_target_positions=torch.tensor(p_pos, dtype=torch.long),
-                prompt_target_tokens=torch.tensor(p_tok, dtype=torch.long),
-                prompt_target_segments=torch.tensor(p_seg, dtype=torch.long),
-                num_prompts=len(examples),
-            )
+            batch["num_prompts"] = pairs
         return batch
 
     def _packed(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,21 +209,7 @@ class PairCollator:
                 t_pos.append(base + (n_p - 1 if j == 0 else n_p + n_c + j - 1))
                 t_tok.append(tok)
                 t_seg.append(2 * b + 1)
-        batch: dict[str, Any] = {
-            **rows.tensors(),
-            "target_positions": torch.tensor(t_pos, dtype=torch.long),
-            "target_tokens": torch.tensor(t_tok, dtype=torch.long),
-            "target_segments": torch.tensor(t_seg, dtype=torch.long),
-            "num_sequences": 2 * len(examples),
-        }
-        if self.score_prompt:
-            batch.update(
-                prompt_target_positions=torch.tensor(p_pos, dtype=torch.long),
-                prompt_target_tokens=torch.tensor(p_tok, dtype=torch.long),
-                prompt_target_segments=torch.tensor(p_seg, dtype=torch.long),
-                num_prompts=len(examples),
-            )
-        return batch
+        return self._with_targets(rows.tensors(), len(examples), (t_pos, t_tok, t_seg), (p_pos, p_tok, p_seg))
 
 
 class _Rows:
