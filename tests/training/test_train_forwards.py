@@ -118,3 +118,31 @@ def test_forward_passes_per_batch(tmp_path, monkeypatch, model_dir, kind, method
     assert all(step == counter.per_step[0] for step in counter.per_step)
     assert all(n % ACCUMULATION == 0 for n in counter.per_step[0].values())
     assert per_batch == expected
+
+
+@pytest.mark.parametrize("command,method,said", [("sft", "dpo", False), ("train", "simpo", True)])
+def test_the_log_says_no_reference_for_a_reference_free_method_only(
+    tmp_path, model_dir, caplog, command, method, said
+):
+    """SFT has no reference either, but its log does not name a loss it does not use."""
+    import logging
+
+    import dpolab
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 32, "max_prompt_length": 16},
+        "loss": {"method": method},
+        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 1, "disable_tqdm": True},
+    }
+    logger = logging.getLogger("dpolab")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="dpolab"):
+            getattr(dpolab, command)(values)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "learning rate" in caplog.text  # the run's start-up lines were captured
+    assert (f"loss.method {method} compares the policy with no reference" in caplog.text) is said

@@ -11,6 +11,7 @@ from dpolab.config.schema import RunConfig
 from dpolab.data.rows import RowList
 from dpolab.errors import DpolabError
 from dpolab.modeling.fingerprint import model_fingerprint, weights_fingerprint
+from dpolab.objectives.preference import PreferenceObjective
 from dpolab.training.policy import GivenModels, freeze, load_frozen_reference
 from dpolab.training.reference import (
     AdapterDisabledReference,
@@ -109,10 +110,11 @@ def build_reference(
     reference), the policy itself computes them before training starts: no second copy is loaded."""
     given = given or GivenModels()
     if not objective.needs_reference:
-        log.info(
-            "reference: none (loss.method %s compares the policy with no reference: none loaded, computed or cached)",
-            config.loss.method,
-        )
+        if isinstance(objective, PreferenceObjective):  # reference-free methods (SFT needs none either)
+            log.info(
+                "reference: none (loss.method %s compares the policy with no reference: none loaded, computed or cached)",
+                config.loss.method,
+            )
         return None
     section = config.model
     layers, final_norm = objective.layers, objective.final_norm
