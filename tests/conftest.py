@@ -169,7 +169,9 @@ class SmallDisk:
             for chunk in (1 << 16, 1 << 12, 1):
                 try:
                     while True:
-                        assert handle.tell() < limit, f"{self.path} took {handle.tell()} bytes: not a small disk"
+                        assert handle.tell() < limit, (
+                            f"{self.path} took {handle.tell()} bytes: not a small disk"
+                        )
                         handle.write(b"\0" * chunk)
                 except OSError as err:
                     assert err.errno == errno.ENOSPC, err
