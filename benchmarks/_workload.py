@@ -151,19 +151,28 @@ def pair_token_counts(pair: dict[str, str]) -> tuple[int, int, int]:
 
 
 def prepare(root: Path, shape: ModelShape, *, pairs: int, seed: int = 0) -> dict[str, str]:
-    """Write the model folder (with its tokenizer) and one JSONL per regime under `root`, once."""
+    """Write the model folder (with its tokenizer), the tokenizer alone and one JSONL per regime
+    under `root`, once. Load the tokenizer from `tokenizer`: from the model folder, transformers 5
+    gives a Qwen2 model's folder its own Qwen2Tokenizer, which reads this word-level vocabulary as
+    byte-level BPE (every word unknown)."""
     root.mkdir(parents=True, exist_ok=True)
     stamp = {"shape": asdict(shape), "pairs": pairs, "seed": seed}
-    model_dir = root / "model"
+    model_dir, tokenizer_dir = root / "model", root / "tokenizer"
     stamp_file = root / "workload.json"
-    if not (stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp):
+    fresh = stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp and tokenizer_dir.is_dir()
+    if not fresh:
         tokenizer = build_tokenizer()
         build_model(shape, seed=seed).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
+        tokenizer.save_pretrained(tokenizer_dir)
         for regime in REGIMES:
             rows = build_pairs(regime, pairs, seed=seed)
             (root / f"{regime}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
             )
         stamp_file.write_text(json.dumps(stamp))
-    return {"model": str(model_dir), **{regime: str(root / f"{regime}.jsonl") for regime in REGIMES}}
+    return {
+        "model": str(model_dir),
+        "tokenizer": str(tokenizer_dir),
+        **{regime: str(root / f"{regime}.jsonl") for regime in REGIMES},
+    }

@@ -115,7 +115,12 @@ def bf16_agreement(args, shape, workdir: Path) -> dict:
     for name, (model, training) in variants.items():
         out = workdir / name.replace(" ", "-").replace(",", "")
         values = {
-            "model": {"name_or_path": paths["model"], "attn_implementation": "sdpa", **model},
+            "model": {
+                "name_or_path": paths["model"],
+                "tokenizer_name_or_path": paths["tokenizer"],
+                "attn_implementation": "sdpa",
+                **model,
+            },
             "data": {"train": paths["dialogue"], "max_length": None, "max_prompt_length": None},
             "loss": {"method": "dpo", "beta": 0.1},
             "reference": {"precompute": False},

@@ -224,7 +224,12 @@ def profile(args) -> dict:
         loss["intermediate"] = {"layers": [max(1, shape.layers // 2), max(1, 3 * shape.layers // 4)]}
     config = config_from_dict(
         {
-            "model": {"name_or_path": paths["model"], "dtype": args.dtype, "attn_implementation": "sdpa"},
+            "model": {
+                "name_or_path": paths["model"],
+                "tokenizer_name_or_path": paths["tokenizer"],
+                "dtype": args.dtype,
+                "attn_implementation": "sdpa",
+            },
             "data": {"train": paths[args.regime], "max_length": None, "max_prompt_length": None},
             "loss": loss,
             "reference": {"precompute": False},

@@ -324,6 +324,7 @@ def run_cases(
                     "reference": case.reference,
                     "layers": intermediate_layers(shape.layers) if method == "idpo" else [],
                     "model": paths["model"],
+                    "tokenizer": paths["tokenizer"],
                     "data": paths[case.regime],
                     "shape": asdict(shape),
                     "dtype": dtype,
