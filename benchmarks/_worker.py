@@ -198,7 +198,7 @@ def run_dpolab(spec: dict, callback, device_type: str) -> None:
     out = Path(spec["workdir"])
     model = {
         "name_or_path": spec["model"],
-        "tokenizer_name_or_path": spec.get("tokenizer"),
+        "tokenizer_name_or_path": spec["tokenizer"],
         "dtype": spec["dtype"],
         "attn_implementation": spec.get("attn_implementation", "sdpa"),
     }
@@ -252,7 +252,7 @@ def run_trl(spec: dict, callback, device_type: str) -> None:
     from trl import DPOConfig, DPOTrainer
 
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
-    tokenizer = AutoTokenizer.from_pretrained(spec.get("tokenizer") or spec["model"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     model = AutoModelForCausalLM.from_pretrained(
         spec["model"], dtype=getattr(torch, spec["dtype"]), attn_implementation="sdpa"
     )

@@ -16,7 +16,7 @@ import _workload as workload
 def test_the_tokenizer_gives_the_drawn_ids(tmp_path, family):
     from transformers import AutoTokenizer
 
-    shape = workload.ModelShape(hidden=64, layers=1, vocab=workload.VOCAB, family=family)
+    shape = workload.ModelShape(hidden=64, layers=1, family=family)
     paths = workload.prepare(tmp_path, shape, pairs=2)
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
     row = json.loads(Path(paths["dialogue"]).read_text().splitlines()[0])
